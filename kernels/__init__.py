@@ -1,0 +1,16 @@
+"""NVIDIA Warp kernels of sparse3d, one module per kernel family.
+
+Each public function takes and returns torch tensors, validates its inputs up front and has a plain-torch
+oracle of the same name in :mod:`sparse3d.kernels.reference`. The same Warp source runs on the CPU (split over
+all cores by :func:`sparse3d.kernels.runtime.launch`) and, compiled by NVRTC, on CUDA devices.
+"""
+
+KERNEL_MODULES: tuple[str, ...] = (
+    "sparse3d.kernels.voxelize",
+    "sparse3d.kernels.segment",
+    "sparse3d.kernels.hashmap",
+    "sparse3d.kernels.kernel_map",
+    "sparse3d.kernels.gather",
+    "sparse3d.kernels.set_partition",
+)
+"""Every module that defines Warp kernels; the CUDA AOT compile test and bench walk this list."""

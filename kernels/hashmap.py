@@ -1,0 +1,343 @@
+"""GPU-style open-addressing hash table over int64 voxel keys (linear probing, slots claimed with CAS).
+
+Why a hash table: sparse-conv kernel maps and voxel de-duplication need "coordinate -> row" look-ups for
+millions of voxels; a dense index volume of the whole grid does not fit at 1024^3 or Waymo-scale ranges.
+
+The table is split into ``parts`` independent sub-tables; a key's sub-table is chosen by high bits of its hash.
+On CUDA there is one part and ``wp.atomic_cas`` makes concurrent inserts safe. On the CPU, Warp atomics are
+plain code, so each CPU thread builds its own sub-table (see :func:`sparse3d.kernels.runtime.launch_partitioned`):
+no two threads ever write the same slot, and the result does not depend on scheduling.
+
+Keys are non-negative int64 (``-1`` marks an empty slot). For duplicate keys the stored value is the smallest
+row index.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import warp as wp
+
+from sparse3d.kernels.runtime import check_tensor, init, launch, launch_partitioned, num_parts, to_wp, wp_device
+
+EMPTY = -1
+_MAX_INDEX = 2**31 - 1
+
+
+@wp.func
+def mix64(key: wp.int64) -> wp.uint64:
+    """splitmix64 finaliser: spreads packed voxel keys (which differ in low bits) over all 64 bits."""
+    h = wp.uint64(key)
+    h = h ^ (h >> wp.uint64(33))
+    h = h * wp.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> wp.uint64(33))
+    h = h * wp.uint64(0xC4CEB9FE1A85EC53)
+    h = h ^ (h >> wp.uint64(33))
+    return h
+
+
+@wp.func
+def owner_part(h: wp.uint64, num_parts: int) -> int:
+    """Sub-table of a hash; uses bits disjoint from the slot bits so sub-tables stay evenly loaded."""
+    return int((h >> wp.uint64(40)) % wp.uint64(num_parts))
+
+
+@wp.func
+def table_find(
+    table_keys: wp.array(dtype=wp.int64), key: wp.int64, cap_part: wp.int64, num_parts: int
+) -> wp.int64:
+    """Global slot of ``key`` or -1 when absent (an empty slot ends the probe sequence)."""
+    if key < wp.int64(0):
+        return wp.int64(-1)
+    h = mix64(key)
+    base = wp.int64(owner_part(h, num_parts)) * cap_part
+    mask = cap_part - wp.int64(1)
+    local = wp.int64(h & wp.uint64(mask))
+    probes = wp.int64(0)
+    while probes < cap_part:
+        k = table_keys[base + local]
+        if k == key:
+            return base + local
+        if k == wp.int64(-1):
+            return wp.int64(-1)
+        local = (local + wp.int64(1)) & mask
+        probes += wp.int64(1)
+    return wp.int64(-1)
+
+
+@wp.func
+def table_claim(
+    table_keys: wp.array(dtype=wp.int64), key: wp.int64, base: wp.int64, mask: wp.int64, local0: wp.int64
+) -> wp.vec2l:
+    """Insert ``key`` into the sub-table at ``base``; returns (global slot or -1 if full, 1 if newly claimed)."""
+    local = local0
+    probes = wp.int64(0)
+    while probes <= mask:
+        old = wp.atomic_cas(table_keys, base + local, wp.int64(-1), key)
+        if old == wp.int64(-1):
+            return wp.vec2l(base + local, wp.int64(1))
+        if old == key:
+            return wp.vec2l(base + local, wp.int64(0))
+        local = (local + wp.int64(1)) & mask
+        probes += wp.int64(1)
+    return wp.vec2l(wp.int64(-1), wp.int64(0))
+
+
+@wp.kernel
+def _insert_kernel(
+    part: int,
+    num_parts: int,
+    keys: wp.array(dtype=wp.int64),
+    table_keys: wp.array(dtype=wp.int64),
+    table_vals: wp.array(dtype=wp.int32),
+    cap_part: wp.int64,
+    overflow: wp.array(dtype=wp.int32),
+):
+    i = wp.tid()
+    k = keys[i]
+    if k < wp.int64(0):
+        return
+    h = mix64(k)
+    if owner_part(h, num_parts) != part:
+        return
+    mask = cap_part - wp.int64(1)
+    r = table_claim(table_keys, k, wp.int64(part) * cap_part, mask, wp.int64(h & wp.uint64(mask)))
+    if r[0] < wp.int64(0):
+        overflow[0] = 1
+        return
+    wp.atomic_min(table_vals, r[0], wp.int32(i))
+
+
+@wp.kernel
+def _insert_unique_kernel(
+    part: int,
+    num_parts: int,
+    keys: wp.array(dtype=wp.int64),
+    table_keys: wp.array(dtype=wp.int64),
+    slot_count: wp.array(dtype=wp.int32),
+    unique_keys: wp.array(dtype=wp.int64),
+    unique_slot: wp.array(dtype=wp.int64),
+    unique_count: wp.array(dtype=wp.int32),
+    point_slot: wp.array(dtype=wp.int64),
+    cap_part: wp.int64,
+    overflow: wp.array(dtype=wp.int32),
+):
+    """Insert and count; the thread that claims a new slot appends (key, slot) to its part's region."""
+    i = wp.tid()
+    k = keys[i]
+    if k < wp.int64(0):
+        if part == 0:
+            point_slot[i] = wp.int64(-1)
+        return
+    h = mix64(k)
+    if owner_part(h, num_parts) != part:
+        return
+    base = wp.int64(part) * cap_part
+    mask = cap_part - wp.int64(1)
+    r = table_claim(table_keys, k, base, mask, wp.int64(h & wp.uint64(mask)))
+    if r[0] < wp.int64(0):
+        overflow[0] = 1
+        point_slot[i] = wp.int64(-1)
+        return
+    if r[1] == wp.int64(1):
+        u = base + wp.int64(wp.atomic_add(unique_count, part, 1))
+        unique_keys[u] = k
+        unique_slot[u] = r[0]
+    wp.atomic_add(slot_count, r[0], 1)
+    point_slot[i] = r[0]
+
+
+@wp.kernel
+def _rank_slots_kernel(
+    offset: int,
+    order: wp.array(dtype=wp.int32),
+    region: wp.array(dtype=wp.int64),
+    unique_slot: wp.array(dtype=wp.int64),
+    slot_count: wp.array(dtype=wp.int32),
+    slot_rank: wp.array(dtype=wp.int64),
+    counts: wp.array(dtype=wp.int32),
+):
+    r = wp.tid() + offset
+    slot = unique_slot[region[order[r]]]
+    slot_rank[slot] = wp.int64(r)
+    counts[r] = slot_count[slot]
+
+
+@wp.kernel
+def _query_kernel(
+    offset: int,
+    keys: wp.array(dtype=wp.int64),
+    table_keys: wp.array(dtype=wp.int64),
+    table_vals: wp.array(dtype=wp.int32),
+    cap_part: wp.int64,
+    num_parts: int,
+    out: wp.array(dtype=wp.int32),
+):
+    i = wp.tid() + offset
+    slot = table_find(table_keys, keys[i], cap_part, num_parts)
+    if slot < wp.int64(0):
+        out[i] = -1
+    else:
+        out[i] = table_vals[slot]
+
+
+@wp.kernel
+def _inverse_kernel(
+    offset: int,
+    point_slot: wp.array(dtype=wp.int64),
+    slot_rank: wp.array(dtype=wp.int64),
+    inverse: wp.array(dtype=wp.int64),
+):
+    i = wp.tid() + offset
+    s = point_slot[i]
+    if s < wp.int64(0):
+        inverse[i] = wp.int64(-1)
+    else:
+        inverse[i] = slot_rank[s]
+
+
+def table_capacity(n: int) -> int:
+    """Power of two >= 2n (load factor <= 0.5 keeps linear-probe chains short)."""
+    cap = 16
+    while cap < 2 * max(n, 1):
+        cap *= 2
+    if cap > 2**40:
+        raise ValueError(f"hash table for {n} keys is too large")
+    return cap
+
+
+def _layout(n: int, parts: int) -> int:
+    """Slots per sub-table: load <= 0.4 when keys spread evenly over ``parts`` (hashing makes that likely)."""
+    return table_capacity(n) if parts == 1 else table_capacity(math.ceil(1.25 * n / parts))
+
+
+class VoxelHashTable:
+    """Open-addressing table mapping int64 keys (>= 0) to the first row index at which they occur.
+
+    Build once from the keys of a voxel set, then :meth:`query` any keys (negative keys answer -1).
+    """
+
+    def __init__(self, keys: torch.Tensor) -> None:
+        check_tensor("keys", keys, torch.int64, ndim=1)
+        if keys.shape[0] > _MAX_INDEX:
+            raise ValueError(f"keys has {keys.shape[0]} entries; at most {_MAX_INDEX} are supported")
+        init()
+        keys = keys.contiguous()
+        self.device = keys.device
+        self.num_keys = keys.shape[0]
+        dev = wp_device(keys)
+        parts = num_parts(dev, self.num_keys)
+        while True:
+            self.num_parts = parts
+            self.cap_part = _layout(self.num_keys, parts)
+            size = self.cap_part * parts
+            self.table_keys = torch.full((size,), EMPTY, dtype=torch.int64, device=keys.device)
+            self.table_vals = torch.full((size,), _MAX_INDEX, dtype=torch.int32, device=keys.device)
+            overflow = torch.zeros(1, dtype=torch.int32, device=keys.device)
+            launch_partitioned(
+                _insert_kernel,
+                self.num_keys,
+                [to_wp(keys), to_wp(self.table_keys), to_wp(self.table_vals), self.cap_part, to_wp(overflow)],
+                dev,
+                parts=parts,
+            )
+            if parts == 1 or not int(overflow.item()):
+                break
+            parts = 1  # pathological key skew filled one sub-table: rebuild as a single table
+
+    def query(self, keys: torch.Tensor) -> torch.Tensor:
+        """Row index (int32) of each key, or -1 when the key is absent or negative."""
+        check_tensor("keys", keys, torch.int64, ndim=1)
+        if keys.device != self.device:
+            raise ValueError(f"keys are on {keys.device} but the table lives on {self.device}")
+        out = torch.empty(keys.shape[0], dtype=torch.int32, device=keys.device)
+        launch(
+            _query_kernel,
+            keys.shape[0],
+            [
+                to_wp(keys),
+                to_wp(self.table_keys),
+                to_wp(self.table_vals),
+                self.cap_part,
+                self.num_parts,
+                to_wp(out),
+            ],
+            wp_device(keys),
+        )
+        return out
+
+    def kernel_args(self) -> list:
+        """Arguments other kernels pass to :func:`table_find` (keys, cap_part, num_parts) + values."""
+        return [to_wp(self.table_keys), to_wp(self.table_vals), self.cap_part, self.num_parts]
+
+
+def unique_keys_with_inverse(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted unique non-negative keys, the index of each input's key in that list (-1 if negative), counts.
+
+    Equals ``torch.unique(keys[keys >= 0], sorted=True, return_inverse=True, return_counts=True)`` but hashes
+    N keys and radix-sorts only the M unique ones, which is what makes voxelisation of millions of points cheap.
+    """
+    check_tensor("keys", keys, torch.int64, ndim=1)
+    init()
+    keys = keys.contiguous()
+    n = keys.shape[0]
+    device = keys.device
+    dev = wp_device(keys)
+    if n == 0:
+        empty = torch.empty(0, dtype=torch.int64, device=device)
+        return empty, empty.clone(), torch.empty(0, dtype=torch.int32, device=device)
+    parts = num_parts(dev, n)
+    while True:
+        cap_part = _layout(n, parts)
+        size = cap_part * parts
+        table_keys = torch.full((size,), EMPTY, dtype=torch.int64, device=device)
+        slot_count = torch.zeros(size, dtype=torch.int32, device=device)
+        uniq = torch.empty(size, dtype=torch.int64, device=device)
+        uniq_slot = torch.empty(size, dtype=torch.int64, device=device)
+        count = torch.zeros(parts, dtype=torch.int32, device=device)
+        point_slot = torch.empty(n, dtype=torch.int64, device=device)
+        overflow = torch.zeros(1, dtype=torch.int32, device=device)
+        launch_partitioned(
+            _insert_unique_kernel,
+            n,
+            [
+                to_wp(keys),
+                to_wp(table_keys),
+                to_wp(slot_count),
+                to_wp(uniq),
+                to_wp(uniq_slot),
+                to_wp(count),
+                to_wp(point_slot),
+                cap_part,
+                to_wp(overflow),
+            ],
+            dev,
+            parts=parts,
+        )
+        if parts == 1 or not int(overflow.item()):
+            break
+        parts = 1
+    per_part = count.tolist()
+    m = sum(per_part)
+    region = torch.cat(
+        [torch.arange(c, dtype=torch.int64, device=device) + p * cap_part for p, c in enumerate(per_part)]
+    )
+    # Warp's radix sort wants 2*m scratch entries; values are int32 positions into `region`.
+    sort_keys = torch.empty(2 * m, dtype=torch.int64, device=device)
+    sort_vals = torch.empty(2 * m, dtype=torch.int32, device=device)
+    sort_keys[:m] = uniq[region]
+    sort_vals[:m] = torch.arange(m, dtype=torch.int32, device=device)
+    if m:
+        wp.utils.radix_sort_pairs(to_wp(sort_keys), to_wp(sort_vals), m)
+    slot_rank = torch.empty(size, dtype=torch.int64, device=device)
+    counts = torch.empty(m, dtype=torch.int32, device=device)
+    launch(
+        _rank_slots_kernel,
+        m,
+        [to_wp(sort_vals), to_wp(region), to_wp(uniq_slot), to_wp(slot_count), to_wp(slot_rank), to_wp(counts)],
+        dev,
+    )
+    inverse = torch.empty(n, dtype=torch.int64, device=device)
+    launch(_inverse_kernel, n, [to_wp(point_slot), to_wp(slot_rank), to_wp(inverse)], dev)
+    return sort_keys[:m].clone(), inverse, counts

@@ -1,0 +1,314 @@
+"""Kernel maps for sparse convolution: which input voxel feeds which output voxel through which weight.
+
+A map is a dense (M_out, K) int32 table ``nbr[o, k]`` = input row read by output ``o`` through kernel offset
+``k`` (or -1), K = kz·ky·kx with offsets enumerated z-major like ``torch.nn.Conv3d`` weights (coords are
+(batch, z, y, x)). Every map comes with its transpose (M_in, K) ``nbr_t[i, k]`` = the output that input ``i``
+feeds through offset ``k``: convolution backward then is the same gather as forward, with no scatter-add.
+
+* submanifold: outputs = inputs; neighbours found by probing a :class:`VoxelHashTable`.
+* strided (``SparseConv3d``): each (input, offset) proposes the output ``(x + p - k·d) / s`` when divisible
+  and inside the output grid; unique proposals (hash de-dup + sort) are the outputs, and the proposal->output
+  inverse *is* the transposed map.
+* inverse conv reuses a strided map with the roles swapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import warp as wp
+
+from sparse3d.kernels.hashmap import VoxelHashTable, table_find, unique_keys_with_inverse
+from sparse3d.kernels.runtime import check_tensor, init, launch, to_wp, wp_device
+
+
+class KernelMap(NamedTuple):
+    """Neighbour tables of one sparse convolution."""
+
+    out_coords: torch.Tensor
+    """(M_out, 4) int32 output coords (batch, z, y, x)."""
+    out_grid: tuple[int, int, int]
+    """Output grid size (X, Y, Z)."""
+    nbr: torch.Tensor
+    """(M_out, K) int32: input row feeding output o through offset k, or -1."""
+    nbr_t: torch.Tensor
+    """(M_in, K) int32: output row fed by input i through offset k, or -1."""
+
+
+def triple(v: int | Sequence[int], name: str) -> tuple[int, int, int]:
+    """Normalise an int or 3-sequence given in (z, y, x) order, like torch Conv3d arguments."""
+    t = (int(v),) * 3 if isinstance(v, int) else tuple(int(x) for x in v)
+    if len(t) != 3:
+        raise ValueError(f"{name} must be an int or 3 ints (z, y, x), got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def kernel_offsets(kernel_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """(K, 3) int32 raw kernel indices (kz, ky, kx), z-major -- the flattening of a Conv3d weight."""
+    kz, ky, kx = kernel_size
+    grid = torch.stack(
+        torch.meshgrid(torch.arange(kz), torch.arange(ky), torch.arange(kx), indexing="ij"), dim=-1
+    )
+    return grid.reshape(-1, 3).to(torch.int32).to(device)
+
+
+@wp.func
+def pack_key(b: wp.int64, z: wp.int64, y: wp.int64, x: wp.int64, gx: wp.int64, gy: wp.int64, gz: wp.int64) -> wp.int64:
+    """Same packing as voxelisation: b·(X·Y·Z) + x·(Y·Z) + y·Z + z, so sorted keys give (b, x, y, z) order."""
+    return ((b * gx + x) * gy + y) * gz + z
+
+
+@wp.kernel
+def _coords_keys_kernel(
+    offset: int,
+    coords: wp.array2d(dtype=wp.int32),
+    gx: wp.int64,
+    gy: wp.int64,
+    gz: wp.int64,
+    keys: wp.array(dtype=wp.int64),
+):
+    i = wp.tid() + offset
+    keys[i] = pack_key(
+        wp.int64(coords[i, 0]), wp.int64(coords[i, 1]), wp.int64(coords[i, 2]), wp.int64(coords[i, 3]), gx, gy, gz
+    )
+
+
+@wp.kernel
+def _submanifold_kernel(
+    offset: int,
+    coords: wp.array2d(dtype=wp.int32),
+    offsets: wp.array2d(dtype=wp.int32),
+    center: wp.vec3i,
+    dilation: wp.vec3i,
+    gx: wp.int64,
+    gy: wp.int64,
+    gz: wp.int64,
+    table_keys: wp.array(dtype=wp.int64),
+    table_vals: wp.array(dtype=wp.int32),
+    cap_part: wp.int64,
+    num_parts: int,
+    nbr: wp.array2d(dtype=wp.int32),
+):
+    e = wp.tid() + offset
+    num_k = offsets.shape[0]
+    row = e / num_k
+    k = e - row * num_k
+    z = wp.int64(coords[row, 1] + (offsets[k, 0] - center[0]) * dilation[0])
+    y = wp.int64(coords[row, 2] + (offsets[k, 1] - center[1]) * dilation[1])
+    x = wp.int64(coords[row, 3] + (offsets[k, 2] - center[2]) * dilation[2])
+    if z < wp.int64(0) or y < wp.int64(0) or x < wp.int64(0) or z >= gz or y >= gy or x >= gx:
+        nbr[row, k] = -1
+        return
+    slot = table_find(table_keys, pack_key(wp.int64(coords[row, 0]), z, y, x, gx, gy, gz), cap_part, num_parts)
+    if slot < wp.int64(0):
+        nbr[row, k] = -1
+    else:
+        nbr[row, k] = table_vals[slot]
+
+
+@wp.kernel
+def _strided_proposals_kernel(
+    offset: int,
+    coords: wp.array2d(dtype=wp.int32),
+    offsets: wp.array2d(dtype=wp.int32),
+    stride: wp.vec3i,
+    padding: wp.vec3i,
+    dilation: wp.vec3i,
+    ox: wp.int64,
+    oy: wp.int64,
+    oz: wp.int64,
+    keys: wp.array(dtype=wp.int64),
+):
+    """Output key proposed by input ``row`` through offset ``k`` (-1 if none): y = (x + p - k·d) / s."""
+    e = wp.tid() + offset
+    num_k = offsets.shape[0]
+    row = e / num_k
+    k = e - row * num_k
+    nz = coords[row, 1] + padding[0] - offsets[k, 0] * dilation[0]
+    ny = coords[row, 2] + padding[1] - offsets[k, 1] * dilation[1]
+    nx = coords[row, 3] + padding[2] - offsets[k, 2] * dilation[2]
+    if nz < 0 or ny < 0 or nx < 0 or nz % stride[0] != 0 or ny % stride[1] != 0 or nx % stride[2] != 0:
+        keys[e] = wp.int64(-1)
+        return
+    z = wp.int64(nz / stride[0])
+    y = wp.int64(ny / stride[1])
+    x = wp.int64(nx / stride[2])
+    if z >= oz or y >= oy or x >= ox:
+        keys[e] = wp.int64(-1)
+        return
+    keys[e] = pack_key(wp.int64(coords[row, 0]), z, y, x, ox, oy, oz)
+
+
+@wp.kernel
+def _decode_keys_kernel(
+    offset: int,
+    keys: wp.array(dtype=wp.int64),
+    gx: wp.int64,
+    gy: wp.int64,
+    gz: wp.int64,
+    coords: wp.array2d(dtype=wp.int32),
+):
+    i = wp.tid() + offset
+    k = keys[i]
+    coords[i, 1] = wp.int32(k % gz)
+    k = k / gz
+    coords[i, 2] = wp.int32(k % gy)
+    k = k / gy
+    coords[i, 3] = wp.int32(k % gx)
+    coords[i, 0] = wp.int32(k / gx)
+
+
+@wp.kernel
+def _transpose_kernel(
+    offset: int,
+    nbr: wp.array2d(dtype=wp.int32),
+    nbr_t: wp.array2d(dtype=wp.int32),
+):
+    """nbr_t[nbr[o, k], k] = o. For a fixed (input, offset) there is at most one output, so writes never clash."""
+    e = wp.tid() + offset
+    num_k = nbr.shape[1]
+    o = e / num_k
+    k = e - o * num_k
+    i = nbr[o, k]
+    if i >= 0:
+        nbr_t[i, k] = o
+
+
+def coords_to_keys(coords: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Packed int64 keys of (N, 4) int32 coords (batch, z, y, x) in a grid (X, Y, Z)."""
+    keys = torch.empty(coords.shape[0], dtype=torch.int64, device=coords.device)
+    launch(_coords_keys_kernel, coords.shape[0], [to_wp(coords), grid[0], grid[1], grid[2], to_wp(keys)], wp_device(coords))
+    return keys
+
+
+def validate_coords(coords: torch.Tensor, grid: Sequence[int], name: str = "coords") -> torch.Tensor:
+    """(N, 4) int32 coords with batch >= 0 and every (z, y, x) inside the grid (X, Y, Z)."""
+    check_tensor(name, coords, torch.int32, ndim=2, last_dim=4)
+    if len(grid) != 3 or any(int(g) <= 0 for g in grid):
+        raise ValueError(f"grid size must be 3 positive ints (X, Y, Z), got {list(grid)}")
+    if coords.shape[0]:
+        lo = coords.min(dim=0).values.tolist()
+        hi = coords.max(dim=0).values.tolist()
+        limits = (None, grid[2], grid[1], grid[0])
+        for axis, label in enumerate("bzyx"):
+            if lo[axis] < 0 or (limits[axis] is not None and hi[axis] >= limits[axis]):
+                raise ValueError(
+                    f"{name} column {label} spans [{lo[axis]}, {hi[axis]}], outside the grid {list(grid)} (X, Y, Z)"
+                )
+    return coords.contiguous()
+
+
+def transpose_map(nbr: torch.Tensor, num_inputs: int) -> torch.Tensor:
+    """(num_inputs, K) transpose of an (M_out, K) kernel map."""
+    nbr_t = torch.full((num_inputs, nbr.shape[1]), -1, dtype=torch.int32, device=nbr.device)
+    launch(_transpose_kernel, nbr.numel(), [to_wp(nbr), to_wp(nbr_t)], wp_device(nbr))
+    return nbr_t
+
+
+def submanifold_map(
+    coords: torch.Tensor,
+    grid: tuple[int, int, int],
+    kernel_size: int | Sequence[int] = 3,
+    dilation: int | Sequence[int] = 1,
+    table: VoxelHashTable | None = None,
+) -> KernelMap:
+    """Kernel map of a submanifold convolution: outputs are the input sites (kernel sizes must be odd)."""
+    init()
+    coords = validate_coords(coords, grid)
+    ks, dil = triple(kernel_size, "kernel_size"), triple(dilation, "dilation")
+    if any(k % 2 == 0 or k < 1 for k in ks):
+        raise ValueError(f"submanifold kernel_size must be odd, got {ks}")
+    offsets = kernel_offsets(ks, coords.device)
+    m, num_k = coords.shape[0], offsets.shape[0]
+    nbr = torch.empty(m, num_k, dtype=torch.int32, device=coords.device)
+    if m:
+        if table is None:
+            table = VoxelHashTable(coords_to_keys(coords, grid))
+        launch(
+            _submanifold_kernel,
+            m * num_k,
+            [
+                to_wp(coords),
+                to_wp(offsets),
+                wp.vec3i(ks[0] // 2, ks[1] // 2, ks[2] // 2),
+                wp.vec3i(*dil),
+                grid[0],
+                grid[1],
+                grid[2],
+                *table.kernel_args(),
+                to_wp(nbr),
+            ],
+            wp_device(coords),
+        )
+    return KernelMap(coords, tuple(grid), nbr, transpose_map(nbr, m))  # type: ignore[arg-type]
+
+
+def conv_output_grid(
+    grid: Sequence[int], kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> tuple[int, int, int]:
+    """Output grid (X, Y, Z) of a strided conv on ``grid`` (X, Y, Z); kernel args in (z, y, x) like Conv3d."""
+    out = []
+    for axis_xyz in range(3):
+        a = 2 - axis_xyz  # (z, y, x) index of this (x, y, z) axis
+        size = (grid[axis_xyz] + 2 * padding[a] - dilation[a] * (kernel_size[a] - 1) - 1) // stride[a] + 1
+        if size < 1:
+            raise ValueError(f"convolution output would be empty along axis {'xyz'[axis_xyz]} (grid {list(grid)})")
+        out.append(size)
+    return out[0], out[1], out[2]
+
+
+def strided_map(
+    coords: torch.Tensor,
+    grid: tuple[int, int, int],
+    kernel_size: int | Sequence[int] = 2,
+    stride: int | Sequence[int] = 2,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+) -> KernelMap:
+    """Kernel map of a regular (strided) sparse convolution; outputs sorted by (batch, x, y, z)."""
+    init()
+    coords = validate_coords(coords, grid)
+    ks, st = triple(kernel_size, "kernel_size"), triple(stride, "stride")
+    pad, dil = triple(padding, "padding"), triple(dilation, "dilation")
+    if any(v < 1 for v in ks + st + dil) or any(v < 0 for v in pad):
+        raise ValueError(f"invalid conv geometry kernel={ks} stride={st} padding={pad} dilation={dil}")
+    out_grid = conv_output_grid(grid, ks, st, pad, dil)
+    offsets = kernel_offsets(ks, coords.device)
+    m, num_k = coords.shape[0], offsets.shape[0]
+    dev = wp_device(coords) if m else None
+    proposals = torch.empty(m * num_k, dtype=torch.int64, device=coords.device)
+    if m:
+        launch(
+            _strided_proposals_kernel,
+            m * num_k,
+            [
+                to_wp(coords),
+                to_wp(offsets),
+                wp.vec3i(*st),
+                wp.vec3i(*pad),
+                wp.vec3i(*dil),
+                out_grid[0],
+                out_grid[1],
+                out_grid[2],
+                to_wp(proposals),
+            ],
+            dev,
+        )
+    out_keys, inverse, _ = unique_keys_with_inverse(proposals)
+    out_coords = torch.empty(out_keys.shape[0], 4, dtype=torch.int32, device=coords.device)
+    if out_keys.numel():
+        launch(
+            _decode_keys_kernel,
+            out_keys.shape[0],
+            [to_wp(out_keys), out_grid[0], out_grid[1], out_grid[2], to_wp(out_coords)],
+            dev,
+        )
+    nbr_t = inverse.to(torch.int32).reshape(m, num_k)
+    return KernelMap(out_coords, out_grid, transpose_map(nbr_t, out_coords.shape[0]), nbr_t)
+
+
+def inverse_map(forward: KernelMap, in_coords: torch.Tensor, in_grid: tuple[int, int, int]) -> KernelMap:
+    """Map of the inverse convolution of a strided conv: back to the strided conv's input sites."""
+    return KernelMap(in_coords, tuple(in_grid), forward.nbr_t, forward.nbr)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Plain-PyTorch oracles of every Warp kernel: the spec the kernels are tested against."""

@@ -1,0 +1,5 @@
+"""Point-cloud segmentation models."""
+
+from sparse3d.models.segmentation.sparse_unet import SparseUNetSegmenter
+
+__all__ = ["SparseUNetSegmenter"]

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``sparse3d-bench`` (installed as ``sparse3d.bench``)."""

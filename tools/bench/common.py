@@ -1,0 +1,381 @@
+"""Timing, memory, record and table helpers shared by every ``sparse3d-bench`` suite.
+
+Why these choices:
+
+* **Time** -- one warm-up call (Warp compiles/loads its module, allocators and caches warm up), then the
+  median of ``repeats`` calls timed with :func:`time.perf_counter`; the median shrugs off the odd slow run on a
+  busy machine. CUDA work is synchronised before the clock stops.
+* **Memory** -- ``*_peak_rss_mb`` is the *increase* of the process's peak resident set size over its RSS just
+  before the timed calls, i.e. the working memory (temporaries + outputs) of the measured operation. On Linux
+  the kernel's own high-water mark ``VmHWM`` is reset by writing ``5`` to ``/proc/self/clear_refs`` and read
+  back from ``/proc/self/status``: exact, and free of sampling overhead. ``tracemalloc`` cannot see torch's
+  C++ allocations, and ``ru_maxrss`` only ever grows over the process lifetime, so neither can attribute a peak
+  to one operation. Where ``clear_refs`` is not writable a background thread samples ``VmRSS`` every
+  millisecond instead (see :class:`PeakRSS`). ``malloc_trim(0)`` first hands glibc's cached free pages back
+  to the OS, so an operation that merely recycles freed heap memory still shows its working set.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORD_FIELDS: tuple[str, ...] = (
+    "suite",
+    "name",
+    "size",
+    "ours_s",
+    "peer",
+    "peer_s",
+    "speedup_vs_peer",
+    "ours_peak_rss_mb",
+    "notes",
+)
+"""Fields every benchmark record has (architecture.md, Benchmarks); suites may add extra fields."""
+
+_MB = float(2**20)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _status_kb(key: str) -> int | None:
+    """A ``kB`` line of ``/proc/self/status`` (e.g. ``VmRSS``, ``VmHWM``), or None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_mb() -> float | None:
+    """Resident set size of this process in MiB (None where ``/proc`` is unavailable)."""
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024.0
+
+
+def _can_reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return _status_kb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+_HWM_RESETTABLE: bool | None = None
+
+
+def _release_free_heap() -> None:
+    """Return glibc's cached free heap pages to the OS so the next peak is measured from a low baseline."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakRSS:
+    """Context manager measuring the peak RSS increase (MiB) of the code it wraps.
+
+    ``method`` tells which mechanism ran: ``"vmhwm"`` (kernel high-water mark reset through
+    ``/proc/self/clear_refs``) or ``"sampled"`` (1 ms background sampling of ``VmRSS``); ``peak_mb`` is None
+    when neither is available (non-Linux hosts).
+    """
+
+    def __init__(self, interval_s: float = 0.001) -> None:
+        self.interval_s = interval_s
+        self.method: str = "none"
+        self.peak_mb: float | None = None
+        self._baseline_kb = 0
+        self._max_kb = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRSS:
+        global _HWM_RESETTABLE
+        if _HWM_RESETTABLE is None:
+            _HWM_RESETTABLE = _can_reset_hwm()
+        _release_free_heap()
+        rss = _status_kb("VmRSS")
+        if rss is None:
+            return self
+        if _HWM_RESETTABLE:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")
+            self.method = "vmhwm"
+            self._baseline_kb = _status_kb("VmRSS") or rss
+        else:
+            self.method = "sampled"
+            self._baseline_kb = self._max_kb = rss
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, name="sparse3d-bench-rss", daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            kb = _status_kb("VmRSS")
+            if kb is not None and kb > self._max_kb:
+                self._max_kb = kb
+
+    def __exit__(self, *exc: object) -> None:
+        if self.method == "vmhwm":
+            peak = _status_kb("VmHWM") or self._baseline_kb
+        elif self.method == "sampled":
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            peak = max(self._max_kb, _status_kb("VmRSS") or 0)
+        else:
+            return
+        self.peak_mb = max(0.0, (peak - self._baseline_kb) / 1024.0)
+
+
+# ---------------------------------------------------------------------------------------------- timing
+@dataclass
+class Measurement:
+    """Result of :func:`measure`."""
+
+    median_s: float
+    """Median wall time of the timed calls."""
+    times_s: list[float]
+    """Every timed call, in order."""
+    peak_rss_mb: float | None
+    """Peak RSS increase over the pre-call baseline during the timed calls (see module docstring)."""
+    result: Any = None
+    """Return value of the warm-up call when ``keep_result`` was set (for correctness checks)."""
+
+
+def measure(
+    fn: Callable[[], Any],
+    repeats: int,
+    sync: Callable[[], None] | None = None,
+    keep_result: bool = False,
+) -> Measurement:
+    """Warm up ``fn`` once, then time ``repeats`` calls; return the median and the peak RSS increase.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before the clock stops so asynchronous device work counts.
+    Results of timed calls are dropped right away so they do not inflate the next call's baseline.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    warm = fn()
+    if sync is not None:
+        sync()
+    kept = warm if keep_result else None
+    del warm
+    gc.collect()
+    times: list[float] = []
+    with PeakRSS() as rss:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            if sync is not None:
+                sync()
+            times.append(time.perf_counter() - t0)
+            del out
+    times_sorted = sorted(times)
+    mid = len(times_sorted) // 2
+    median = times_sorted[mid] if len(times_sorted) % 2 else 0.5 * (times_sorted[mid - 1] + times_sorted[mid])
+    return Measurement(median, times, rss.peak_mb, kept)
+
+
+# ---------------------------------------------------------------------------------------------- records
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator`` or None when either is missing or the denominator is not positive."""
+    if numerator is None or denominator is None or not denominator > 0:
+        return None
+    return float(numerator) / float(denominator)
+
+
+@dataclass
+class BenchRecord:
+    """One row of a benchmark: our time, the fastest installed peer's time and their ratio.
+
+    ``speedup_vs_peer`` = ``peer_s / ours_s`` (> 1: ours is faster); it is derived, never set by hand.
+    ``extra`` holds suite-specific fields (``torch_ref_s``, quality metrics...), flattened into the dict.
+    """
+
+    suite: str
+    name: str
+    size: int | None
+    ours_s: float | None
+    peer: str | None = None
+    peer_s: float | None = None
+    ours_peak_rss_mb: float | None = None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speedup_vs_peer(self) -> float | None:
+        return ratio(self.peer_s, self.ours_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record: the required fields first, then the extras (``speedup_vs_*`` derived)."""
+        out: dict[str, Any] = {
+            "suite": self.suite,
+            "name": self.name,
+            "size": self.size,
+            "ours_s": self.ours_s,
+            "peer": self.peer,
+            "peer_s": self.peer_s,
+            "speedup_vs_peer": self.speedup_vs_peer,
+            "ours_peak_rss_mb": self.ours_peak_rss_mb,
+            "notes": self.notes,
+        }
+        for key, value in self.extra.items():
+            if key in out:
+                raise ValueError(f"extra field {key!r} would overwrite a required record field")
+            out[key] = value
+        if "torch_ref_s" in out and "speedup_vs_torch_ref" not in out:
+            out["speedup_vs_torch_ref"] = ratio(out["torch_ref_s"], self.ours_s)
+        return out
+
+
+def check_record(record: Mapping[str, Any]) -> None:
+    """Raise ValueError unless ``record`` has every required field (used by suites and tests)."""
+    missing = [k for k in RECORD_FIELDS if k not in record]
+    if missing:
+        raise ValueError(f"benchmark record {record.get('name')!r} lacks fields {missing}")
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: NaN/inf become null, tuples lists, paths strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _jsonable(value.item())
+    return value
+
+
+def write_json(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write the records as a JSON list (parent folders created); returns the path written."""
+    out = Path(path)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [_jsonable(dict(r)) for r in records]
+    for row in rows:
+        check_record(row)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def machine_description(device: str = "cpu") -> str:
+    """One line naming the host, thread counts and library versions (goes above every table)."""
+    import torch
+    import warp as wp
+
+    from sparse3d.kernels.runtime import cpu_threads
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    parts = [
+        f"device {device}",
+        f"{cpu}, {cores} cores",
+        f"torch {torch.__version__} with {torch.get_num_threads()} intra-op threads (default, same for ours and peers)",
+        f"Warp {wp.__version__} CPU launches split over {cpu_threads()} threads",
+    ]
+    if device.startswith("cuda") and torch.cuda.is_available():
+        parts.insert(1, torch.cuda.get_device_name(torch.device(device)))
+    return "; ".join(parts)
+
+
+def _fmt_time(t: Any) -> str:
+    if not isinstance(t, (int, float)) or t != t:
+        return "—"
+    if t >= 100:
+        return f"{t:.0f}"
+    return f"{t:.3g}" if t >= 0.001 else f"{t:.2e}"
+
+
+def _fmt_ratio(r: Any) -> str:
+    return f"{r:.2f}×" if isinstance(r, (int, float)) and r == r else "—"
+
+
+def _fmt_size(size: Any, unit: Any) -> str:
+    if not isinstance(size, (int, float)):
+        return "—" if size is None else str(size)
+    n = float(size)
+    if n >= 1e6 and n % 1e5 == 0:
+        text = f"{n / 1e6:g}M"
+    elif n >= 1e3 and n % 100 == 0:
+        text = f"{n / 1e3:g}k"
+    else:
+        text = f"{int(n)}"
+    return f"{text} {unit}" if unit else text
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(records: Sequence[Mapping[str, Any]], caption: str | None = None) -> str:
+    """GitHub markdown table of the records (the format BENCHMARKS.md uses), optional caption line above.
+
+    Columns: ours, the torch reference and the fastest peer, with speedups ``other_s / ours_s``
+    (> 1×: ours is faster) and the peak RSS increase of our call.
+    """
+    header = [
+        "suite",
+        "name",
+        "size",
+        "ours (s)",
+        "torch ref (s)",
+        "vs ref",
+        "peer",
+        "peer (s)",
+        "vs peer",
+        "ours peak RSS Δ (MB)",
+        "notes",
+    ]
+    lines = []
+    if caption:
+        lines += [caption, ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---", "---", "---:", "---:", "---:", "---:", "---", "---:", "---:", "---:", "---"]) + "|")
+    for r in records:
+        rss = r.get("ours_peak_rss_mb")
+        row = [
+            r.get("suite", ""),
+            r.get("name", ""),
+            _fmt_size(r.get("size"), r.get("size_unit")),
+            _fmt_time(r.get("ours_s")),
+            _fmt_time(r.get("torch_ref_s")),
+            _fmt_ratio(r.get("speedup_vs_torch_ref")),
+            r.get("peer") or "—",
+            _fmt_time(r.get("peer_s")),
+            _fmt_ratio(r.get("speedup_vs_peer")),
+            f"{rss:.0f}" if isinstance(rss, (int, float)) else "—",
+            r.get("notes", ""),
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# sparse3d quick start: `bash tools/quickstart.sh demo` runs the end-to-end demo, `bash tools/quickstart.sh test`
+# runs the test suite. Both first make sure a virtual env with sparse3d and its dependencies exists (.venv, or
+# $SPARSE3D_VENV): CPU torch 2.13.0 when no NVIDIA GPU is visible (override with $SPARSE3D_TORCH_SPEC), the
+# Debian package libusb-1.0-0 that open3d needs (installed with apt-get when running as root).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SPARSE3D_VENV:-$ROOT/.venv}"
+MODE="${1:-}"
+[ $# -gt 0 ] && shift
+
+usage() { echo "usage: bash tools/quickstart.sh demo|test [extra arguments]" >&2; exit 2; }
+[ "$MODE" = demo ] || [ "$MODE" = test ] || usage
+
+log() { printf '\033[1m[sparse3d]\033[0m %s\n' "$*" >&2; }
+
+ensure_system_packages() {
+  if ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing libusb-1.0-0 (needed by open3d)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null
+  else
+    log "warning: libusb-1.0 is missing; open3d will not import. Install it, e.g. 'sudo apt-get install libusb-1.0-0'."
+  fi
+}
+
+pick_python() {
+  for py in python3.11 python3.12 python3.10 python3; do
+    if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; then
+      echo "$py"; return
+    fi
+  done
+  log "error: Python >= 3.10 not found"; exit 1
+}
+
+ensure_venv() {
+  local stamp="$VENV/.sparse3d-installed"
+  local want
+  want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtual env $VENV"
+    "$(pick_python)" -m venv "$VENV"
+  fi
+  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+  "${pip[@]}" install --upgrade pip setuptools wheel >/dev/null
+  if [ -n "${SPARSE3D_TORCH_SPEC:-}" ]; then
+    log "installing ${SPARSE3D_TORCH_SPEC}"
+    "${pip[@]}" install "${SPARSE3D_TORCH_SPEC}"
+  elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    log "NVIDIA GPU found: installing CUDA torch"
+    "${pip[@]}" install "torch>=2.4"
+  else
+    log "no GPU: installing CPU torch 2.13.0"
+    "${pip[@]}" install "torch==2.13.0"
+  fi
+  log "installing sparse3d (editable) with its dependencies"
+  "${pip[@]}" install -e "$ROOT[dev]"
+  echo "$want" > "$stamp"
+}
+
+ensure_system_packages
+ensure_venv
+export PATH="$VENV/bin:$PATH"
+cd "$ROOT"
+case "$MODE" in
+  demo)
+    log "demo: generate synthetic LiDAR scenes, voxelise, train a sparse-conv U-Net, write a summary"
+    exec sparse3d-train experiment=quickstart "$@"
+    ;;
+  test)
+    # The pytest executable (not `python -m pytest`) keeps the repo root off sys.path.
+    exec pytest -q "$@"
+    ;;
+esac
