@@ -19,7 +19,15 @@ import math
 import torch
 import warp as wp
 
-from sparse3d.kernels.runtime import check_tensor, init, launch, launch_partitioned, num_parts, to_wp, wp_device
+from sparse3d.kernels.runtime import (
+    check_tensor,
+    init,
+    launch,
+    launch_partitioned,
+    num_parts,
+    to_wp,
+    wp_device,
+)
 
 EMPTY = -1
 _MAX_INDEX = 2**31 - 1

@@ -22,6 +22,7 @@ import warp as wp
 
 from sparse3d.kernels.hashmap import VoxelHashTable, table_find, unique_keys_with_inverse
 from sparse3d.kernels.runtime import check_tensor, init, launch, to_wp, wp_device
+from sparse3d.kernels.sparse_conv import PairLists, pair_lists
 
 
 class KernelMap(NamedTuple):
@@ -35,6 +36,8 @@ class KernelMap(NamedTuple):
     """(M_out, K) int32: input row feeding output o through offset k, or -1."""
     nbr_t: torch.Tensor
     """(M_in, K) int32: output row fed by input i through offset k, or -1."""
+    pairs: PairLists | None = None
+    """Active (input, output) pairs grouped by offset, what the convolution itself iterates over."""
 
 
 def triple(v: int | Sequence[int], name: str) -> tuple[int, int, int]:
@@ -242,7 +245,7 @@ def submanifold_map(
             ],
             wp_device(coords),
         )
-    return KernelMap(coords, tuple(grid), nbr, transpose_map(nbr, m))  # type: ignore[arg-type]
+    return KernelMap(coords, tuple(grid), nbr, transpose_map(nbr, m), pair_lists(nbr, m))  # type: ignore[arg-type]
 
 
 def conv_output_grid(
@@ -306,9 +309,11 @@ def strided_map(
             dev,
         )
     nbr_t = inverse.to(torch.int32).reshape(m, num_k)
-    return KernelMap(out_coords, out_grid, transpose_map(nbr_t, out_coords.shape[0]), nbr_t)
+    nbr = transpose_map(nbr_t, out_coords.shape[0])
+    return KernelMap(out_coords, out_grid, nbr, nbr_t, pair_lists(nbr, m))
 
 
 def inverse_map(forward: KernelMap, in_coords: torch.Tensor, in_grid: tuple[int, int, int]) -> KernelMap:
     """Map of the inverse convolution of a strided conv: back to the strided conv's input sites."""
-    return KernelMap(in_coords, tuple(in_grid), forward.nbr_t, forward.nbr)  # type: ignore[arg-type]
+    pairs = pair_lists(forward.nbr_t, forward.out_coords.shape[0])
+    return KernelMap(in_coords, tuple(in_grid), forward.nbr_t, forward.nbr, pairs)  # type: ignore[arg-type]

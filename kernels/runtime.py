@@ -17,6 +17,8 @@ On CUDA both are a single launch (``offset = 0``; ``part = 0, num_parts = 1``) a
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,11 +42,34 @@ def init() -> None:
         return
     with _INIT_LOCK:
         if not _INITIALISED:
-            if os.environ.get("SPARSE3D_WARP_VERBOSE", "0") != "1":
-                # The banner, per-module compile lines and the "no CUDA driver" notice are noise on CPU hosts.
+            if os.environ.get("SPARSE3D_WARP_VERBOSE", "0") == "1":
+                wp.init()
+            else:
+                # The banner and per-module compile lines are noise; so is the native "no CUDA driver" notice
+                # on CPU hosts, which warp.so prints straight to fd 2: capture it and re-emit anything else.
                 wp.config.log_level = wp.LOG_ERROR
-            wp.init()
+                _init_capturing_stderr()
             _INITIALISED = True
+
+
+_NO_DRIVER_NOTICE = "Could not find or load the NVIDIA CUDA driver"
+
+
+def _init_capturing_stderr() -> None:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            wp.init()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        lines = tmp.read().decode(errors="replace").splitlines()
+    for line in lines:
+        if line.strip() and _NO_DRIVER_NOTICE not in line:
+            print(line, file=sys.stderr)
 
 
 def cpu_threads() -> int:
@@ -73,6 +98,7 @@ def wp_device(t: torch.Tensor) -> str:
 
 def to_wp(t: torch.Tensor, dtype: Any = None) -> wp.array:
     """Zero-copy Warp view of a contiguous torch tensor (gradients are handled by our autograd bridges)."""
+    init()
     if not t.is_contiguous():
         t = t.contiguous()
     return wp.from_torch(t, dtype=dtype, requires_grad=False)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import torch
 import warp as wp
+
 from sparse3d.kernels.reference.set_partition import (
     Int3,
     SetPartition,

@@ -72,6 +72,7 @@ case "$MODE" in
     ;;
   test)
     # The pytest executable (not `python -m pytest`) keeps the repo root off sys.path.
+    export SPARSE3D_RUN_SLOW=1  # the whole suite, slow integration runs included
     exec pytest -q "$@"
     ;;
 esac

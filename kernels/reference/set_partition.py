@@ -15,6 +15,7 @@ import operator
 from typing import Any, NamedTuple
 
 import torch
+
 from sparse3d.kernels.runtime import check_tensor
 
 Int3 = tuple[int, int, int]

@@ -39,10 +39,10 @@ class _SparseConvBase(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def _apply(self, x: SparseVoxelTensor, kmap: KernelMap) -> torch.Tensor:
+    def _conv(self, x: SparseVoxelTensor, kmap: KernelMap) -> torch.Tensor:
         if x.features.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects {self.in_channels} channels, got {x.features.shape[1]}")
-        out = sparse_conv(x.features.float(), self.weight, kmap.nbr, kmap.nbr_t)
+        out = sparse_conv(x.features.float(), self.weight, kmap.nbr, kmap.nbr_t, pairs=kmap.pairs)
         return out + self.bias if self.bias is not None else out
 
     def extra_repr(self) -> str:
@@ -71,7 +71,7 @@ class SubMConv3d(_SparseConvBase):
         if kmap is None:
             kmap = submanifold_map(x.coords, x.grid_size, self.kernel_size, self.dilation)
             x.cache[key] = kmap
-        return x.replace_features(self._apply(x, kmap))
+        return x.replace_features(self._conv(x, kmap))
 
 
 class SparseConv3d(_SparseConvBase):
@@ -102,7 +102,7 @@ class SparseConv3d(_SparseConvBase):
         vs = tuple(v * s for v, s in zip(x.voxel_size, self.stride[::-1]))
         return SparseVoxelTensor(
             coords=kmap.out_coords,
-            features=self._apply(x, kmap),
+            features=self._conv(x, kmap),
             grid_size=kmap.out_grid,
             batch_size=x.batch_size,
             voxel_size=vs,  # type: ignore[arg-type]
@@ -138,10 +138,13 @@ class SparseInverseConv3d(_SparseConvBase):
             )
         if kmap.out_coords.shape[0] != x.num_voxels:
             raise ValueError("input voxels differ from the outputs of the matching SparseConv3d")
-        inv = inverse_map(kmap, in_coords, in_grid)
+        inv_key = f"inverse:{self.indice_key}"
+        inv = x.cache.get(inv_key)
+        if inv is None:  # shared by every inverse conv that undoes the same strided conv
+            inv = x.cache[inv_key] = inverse_map(kmap, in_coords, in_grid)
         return SparseVoxelTensor(
             coords=in_coords,
-            features=self._apply(x, inv),
+            features=self._conv(x, inv),
             grid_size=in_grid,
             batch_size=x.batch_size,
             voxel_size=in_voxel_size,

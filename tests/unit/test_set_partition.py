@@ -10,10 +10,11 @@ import math
 from collections import defaultdict
 
 import pytest
-import sparse3d.kernels.runtime as runtime
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import sparse3d.kernels.runtime as runtime
 from sparse3d.kernels import set_partition as K
 from sparse3d.kernels.reference import set_partition as R
 

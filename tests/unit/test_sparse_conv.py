@@ -153,41 +153,44 @@ def test_empty_input():
 
 
 # ---------------------------------------------------------------------------------------------------- chunks
-def test_chunked_path_matches(monkeypatch):
+def test_pair_lists_group_active_entries_by_offset():
+    grid = (12, 10, 8)
+    coords = occupancy_coords(grid, 2, 0.3, seed=12)
+    km = KM.submanifold_map(coords, grid, 3)
+    pairs = SC.pair_lists(km.nbr, coords.shape[0])
+    assert pairs.identity == 13  # the centre of a 3x3x3 kernel maps every voxel onto itself
+    assert pairs.starts[0] == 0 and pairs.starts[-1] == int((km.nbr >= 0).sum())
+    for k in range(27):
+        s, e = pairs.starts[k], pairs.starts[k + 1]
+        expected_out = torch.nonzero(km.nbr[:, k] >= 0).flatten()
+        assert torch.equal(pairs.outputs[s:e].long(), expected_out)
+        assert torch.equal(pairs.inputs[s:e], km.nbr[expected_out, k].long())
+        assert pairs.outputs[s:e].unique().numel() == e - s  # no output repeats within an offset
+    strided = KM.strided_map(coords, grid, 2, 2)
+    assert SC.pair_lists(strided.nbr, coords.shape[0]).identity == -1
+
+
+def test_precomputed_pairs_and_identity_path_match_oracle():
     grid = (20, 16, 16)
     coords = occupancy_coords(grid, 1, 0.5, seed=12)
-    assert coords.shape[0] > 2 * 1024  # at least 3 chunks of the 1024-row minimum
     km = KM.submanifold_map(coords, grid, 3)
     feats, weight = rand(coords.shape[0], 4, seed=13), rand(27, 4, 3, seed=14) * 0.2
     g = rand(coords.shape[0], 3, seed=15)
+    pairs = SC.pair_lists(km.nbr, coords.shape[0])
+    no_identity = pairs._replace(identity=-1)  # forces the gather/scatter path for the centre offset too
 
-    def run():
+    def run(p):
         f = feats.clone().requires_grad_(True)
         w = weight.clone().requires_grad_(True)
-        out = sparse_conv(f, w, km.nbr, km.nbr_t)
+        out = sparse_conv(f, w, km.nbr, km.nbr_t, pairs=p)
         return (out.detach(), *torch.autograd.grad(out, (f, w), g))
 
-    whole = run()
-    calls = []
-    real_gather = SC.gather_neighbors
-
-    def counting_gather(src, nbr, out=None):
-        calls.append(nbr.shape[0])
-        return real_gather(src, nbr, out)
-
-    monkeypatch.setattr(SC, "gather_neighbors", counting_gather)
-    run()
-    assert calls and max(calls) == coords.shape[0]  # default budget: one chunk per pass
-    calls.clear()
-    monkeypatch.setattr(SC, "CHUNK_BYTES", 64)
-    chunked = run()
-    assert len(calls) >= 9 and max(calls) <= 1024  # 3 passes (forward, grad x, grad W), >= 3 chunks each
-    assert sum(calls) == 3 * coords.shape[0]
-    for a, b in zip(chunked, whole):
+    with_id, without_id, default = run(pairs), run(no_identity), run(None)
+    for a, b, c in zip(with_id, without_id, default):
         close(a, b, 1e-5)
-    # and the chunked result still matches the dense oracle
+        close(a, c, 1e-5)
     ref = RC.conv_at_sites(coords, feats, weight, grid, (3, 3, 3), coords, padding=1)
-    close(chunked[0], ref)
+    close(with_id[0], ref)
 
 
 # ---------------------------------------------------------------------------------------------------- gather

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from sparse3d.datasets.semantic_kitti import SemanticKittiDataset, collate_point_batches
 from sparse3d.datasets.synth.lidar import (
     CONFIG_NAME,
@@ -19,7 +20,6 @@ from sparse3d.datasets.synth.lidar import (
     beam_elevations_deg,
     generate_lidar_scenes,
 )
-
 from sparse3d.io.pointcloud import read_kitti_bin, read_semantic_kitti_label
 
 RAW_IDS = {10, 40, 50, 70, 71, 80}
