@@ -10,7 +10,6 @@ KERNEL_MODULES: tuple[str, ...] = (
     "sparse3d.kernels.segment",
     "sparse3d.kernels.hashmap",
     "sparse3d.kernels.kernel_map",
-    "sparse3d.kernels.gather",
     "sparse3d.kernels.set_partition",
 )
 """Every module that defines Warp kernels; the CUDA AOT compile test and bench walk this list."""

@@ -245,7 +245,10 @@ def submanifold_map(
             ],
             wp_device(coords),
         )
-    return KernelMap(coords, tuple(grid), nbr, transpose_map(nbr, m), pair_lists(nbr, m))  # type: ignore[arg-type]
+    # Input i reaches output j through offset k iff j reaches i through the mirrored offset K-1-k, so the
+    # transposed map of a submanifold conv is the map with its offset axis reversed.
+    nbr_t = nbr.flip(1).contiguous()
+    return KernelMap(coords, tuple(grid), nbr, nbr_t, pair_lists(nbr, m))  # type: ignore[arg-type]
 
 
 def conv_output_grid(

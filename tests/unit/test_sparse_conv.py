@@ -1,6 +1,6 @@
-"""Sparse convolution (Warp gather + GEMM, hand-written backward) vs dense ``conv3d`` / ``conv_transpose3d``
-evaluated at the active sites (kernels/reference/sparse_conv.py), the neighbour gather vs plain indexing, the
-chunked path, argument validation, and a short CPU training run.
+"""Sparse convolution (per-offset gather-GEMM-scatter, hand-written backward) vs dense ``conv3d`` /
+``conv_transpose3d`` evaluated at the active sites (kernels/reference/sparse_conv.py), the per-offset pair lists,
+the identity-offset shortcut, argument validation, and a short CPU training run.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import torch
 
 import sparse3d.kernels.sparse_conv as SC
 from sparse3d.kernels import kernel_map as KM
-from sparse3d.kernels.gather import gather_neighbors
 from sparse3d.kernels.reference import sparse_conv as RC
 from sparse3d.kernels.sparse_conv import sparse_conv
 
@@ -191,46 +190,6 @@ def test_precomputed_pairs_and_identity_path_match_oracle():
         close(a, c, 1e-5)
     ref = RC.conv_at_sites(coords, feats, weight, grid, (3, 3, 3), coords, padding=1)
     close(with_id[0], ref)
-
-
-# ---------------------------------------------------------------------------------------------------- gather
-@pytest.mark.parametrize(
-    "m_src,m,k,c,seed", [(1, 1, 1, 1, 0), (50, 40, 27, 3, 1), (3000, 2500, 8, 5, 2), (10, 0, 4, 2, 3)]
-)
-def test_gather_neighbors_vs_indexing(m_src, m, k, c, seed):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randn(m_src, c, generator=g)
-    nbr = torch.randint(-1, m_src, (m, k), generator=g, dtype=torch.int32)
-    want = torch.cat([src, torch.zeros(1, c)])[nbr.long()].reshape(m, k * c)
-    got = gather_neighbors(src, nbr)
-    assert got.shape == (m, k * c) and got.dtype == torch.float32
-    assert torch.equal(got, want)
-    out = torch.full((m, k * c), 7.0)
-    assert gather_neighbors(src, nbr, out=out) is out
-    assert torch.equal(out, want)
-
-
-def test_gather_neighbors_non_contiguous():
-    g = torch.Generator().manual_seed(4)
-    wide = torch.randn(100, 6, generator=g)
-    src = wide[:, 1::2]
-    nbr_wide = torch.randint(-1, 100, (30, 10), generator=g, dtype=torch.int32)
-    nbr = nbr_wide[:, ::2]
-    want = torch.cat([src, torch.zeros(1, 3)])[nbr.long()].reshape(30, 15)
-    assert torch.equal(gather_neighbors(src, nbr), want)
-
-
-def test_gather_errors():
-    src = torch.randn(5, 2)
-    nbr = torch.zeros(3, 4, dtype=torch.int32)
-    with pytest.raises(ValueError, match="src"):
-        gather_neighbors(src.double(), nbr)
-    with pytest.raises(ValueError, match="src"):
-        gather_neighbors(src[:, 0].contiguous(), nbr)
-    with pytest.raises(ValueError, match="nbr"):
-        gather_neighbors(src, nbr.long())
-    with pytest.raises(ValueError, match="nbr"):
-        gather_neighbors(src, nbr[0].contiguous())
 
 
 # ---------------------------------------------------------------------------------------------------- errors
