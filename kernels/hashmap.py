@@ -34,6 +34,38 @@ _MAX_INDEX = 2**31 - 1
 
 
 @wp.func
+def pack_key(b: wp.int64, z: wp.int64, y: wp.int64, x: wp.int64, gx: wp.int64, gy: wp.int64, gz: wp.int64) -> wp.int64:
+    """Voxel key b·(X·Y·Z) + x·(Y·Z) + y·Z + z: sorted keys give the (b, x, y, z) order of the official code."""
+    return ((b * gx + x) * gy + y) * gz + z
+
+
+@wp.kernel
+def _decode_keys_kernel(
+    offset: int,
+    keys: wp.array(dtype=wp.int64),
+    gx: wp.int64,
+    gy: wp.int64,
+    gz: wp.int64,
+    coords: wp.array2d(dtype=wp.int32),
+):
+    i = wp.tid() + offset
+    k = keys[i]
+    coords[i, 1] = wp.int32(k % gz)
+    k = k / gz
+    coords[i, 2] = wp.int32(k % gy)
+    k = k / gy
+    coords[i, 3] = wp.int32(k % gx)
+    coords[i, 0] = wp.int32(k / gx)
+
+
+def decode_keys(keys: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """(M, 4) int32 coords (batch, z, y, x) of packed voxel keys in a grid (X, Y, Z)."""
+    coords = torch.empty(keys.shape[0], 4, dtype=torch.int32, device=keys.device)
+    launch(_decode_keys_kernel, keys.shape[0], [to_wp(keys), grid[0], grid[1], grid[2], to_wp(coords)], wp_device(keys))
+    return coords
+
+
+@wp.func
 def mix64(key: wp.int64) -> wp.uint64:
     """splitmix64 finaliser: spreads packed voxel keys (which differ in low bits) over all 64 bits."""
     h = wp.uint64(key)

@@ -20,7 +20,13 @@ from typing import NamedTuple
 import torch
 import warp as wp
 
-from sparse3d.kernels.hashmap import VoxelHashTable, table_find, unique_keys_with_inverse
+from sparse3d.kernels.hashmap import (
+    VoxelHashTable,
+    decode_keys,
+    pack_key,
+    table_find,
+    unique_keys_with_inverse,
+)
 from sparse3d.kernels.runtime import check_tensor, init, launch, to_wp, wp_device
 from sparse3d.kernels.sparse_conv import PairLists, pair_lists
 
@@ -55,12 +61,6 @@ def kernel_offsets(kernel_size: tuple[int, int, int], device: torch.device) -> t
         torch.meshgrid(torch.arange(kz), torch.arange(ky), torch.arange(kx), indexing="ij"), dim=-1
     )
     return grid.reshape(-1, 3).to(torch.int32).to(device)
-
-
-@wp.func
-def pack_key(b: wp.int64, z: wp.int64, y: wp.int64, x: wp.int64, gx: wp.int64, gy: wp.int64, gz: wp.int64) -> wp.int64:
-    """Same packing as voxelisation: b·(X·Y·Z) + x·(Y·Z) + y·Z + z, so sorted keys give (b, x, y, z) order."""
-    return ((b * gx + x) * gy + y) * gz + z
 
 
 @wp.kernel
@@ -142,25 +142,6 @@ def _strided_proposals_kernel(
         keys[e] = wp.int64(-1)
         return
     keys[e] = pack_key(wp.int64(coords[row, 0]), z, y, x, ox, oy, oz)
-
-
-@wp.kernel
-def _decode_keys_kernel(
-    offset: int,
-    keys: wp.array(dtype=wp.int64),
-    gx: wp.int64,
-    gy: wp.int64,
-    gz: wp.int64,
-    coords: wp.array2d(dtype=wp.int32),
-):
-    i = wp.tid() + offset
-    k = keys[i]
-    coords[i, 1] = wp.int32(k % gz)
-    k = k / gz
-    coords[i, 2] = wp.int32(k % gy)
-    k = k / gy
-    coords[i, 3] = wp.int32(k % gx)
-    coords[i, 0] = wp.int32(k / gx)
 
 
 @wp.kernel
@@ -303,14 +284,7 @@ def strided_map(
             dev,
         )
     out_keys, inverse, _ = unique_keys_with_inverse(proposals)
-    out_coords = torch.empty(out_keys.shape[0], 4, dtype=torch.int32, device=coords.device)
-    if out_keys.numel():
-        launch(
-            _decode_keys_kernel,
-            out_keys.shape[0],
-            [to_wp(out_keys), out_grid[0], out_grid[1], out_grid[2], to_wp(out_coords)],
-            dev,
-        )
+    out_coords = decode_keys(out_keys, out_grid)
     nbr_t = inverse.to(torch.int32).reshape(m, num_k)
     nbr = transpose_map(nbr_t, out_coords.shape[0])
     return KernelMap(out_coords, out_grid, nbr, nbr_t, pair_lists(nbr, m))

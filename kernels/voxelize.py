@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 import warp as wp
 
-from sparse3d.kernels.hashmap import unique_keys_with_inverse
+from sparse3d.kernels.hashmap import decode_keys, pack_key, unique_keys_with_inverse
 from sparse3d.kernels.runtime import (
     check_same_device,
     check_tensor,
@@ -99,30 +99,7 @@ def _point_keys_kernel(
     iy = wp.int64(fy)
     iz = wp.int64(fz)
     b = wp.int64(batch[i])
-    keys[i] = ((b * gx + ix) * gy + iy) * gz + iz
-
-
-@wp.kernel
-def _decode_kernel(
-    offset: int,
-    keys: wp.array(dtype=wp.int64),
-    gx: wp.int64,
-    gy: wp.int64,
-    gz: wp.int64,
-    coords: wp.array2d(dtype=wp.int32),
-):
-    i = wp.tid() + offset
-    k = keys[i]
-    iz = k % gz
-    k = k / gz
-    iy = k % gy
-    k = k / gy
-    ix = k % gx
-    b = k / gx
-    coords[i, 0] = wp.int32(b)
-    coords[i, 1] = wp.int32(iz)
-    coords[i, 2] = wp.int32(iy)
-    coords[i, 3] = wp.int32(ix)
+    keys[i] = pack_key(b, iz, iy, ix, gx, gy, gz)
 
 
 def validate_points(
@@ -187,9 +164,7 @@ def voxelize(
         wdev,
     )
     voxel_keys, inverse, counts = unique_keys_with_inverse(keys)
-    m = voxel_keys.shape[0]
-    coords = torch.empty(m, 4, dtype=torch.int32, device=dev)
-    launch(_decode_kernel, m, [to_wp(voxel_keys), grid[0], grid[1], grid[2], to_wp(coords)], wdev)
+    coords = decode_keys(voxel_keys, grid)
     nonfinite = int((keys == _NONFINITE).sum())
     out_of_range = int((keys == _OUT_OF_RANGE).sum())
     return Voxelization(coords, inverse, counts, nonfinite, out_of_range, grid)
