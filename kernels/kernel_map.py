@@ -94,21 +94,27 @@ def _submanifold_kernel(
     num_parts: int,
     nbr: wp.array2d(dtype=wp.int32),
 ):
-    e = wp.tid() + offset
+    """Probe the first half of the offsets of one voxel; the mirrored offset fills the neighbour's row.
+
+    Voxel j is i's neighbour through offset k iff i is j's neighbour through K-1-k, so half the hash probes
+    suffice. Each (row, offset) cell has exactly one writer, so rows written by other threads never clash.
+    ``nbr`` must be pre-filled with -1.
+    """
+    row = wp.tid() + offset
     num_k = offsets.shape[0]
-    row = e / num_k
-    k = e - row * num_k
-    z = wp.int64(coords[row, 1] + (offsets[k, 0] - center[0]) * dilation[0])
-    y = wp.int64(coords[row, 2] + (offsets[k, 1] - center[1]) * dilation[1])
-    x = wp.int64(coords[row, 3] + (offsets[k, 2] - center[2]) * dilation[2])
-    if z < wp.int64(0) or y < wp.int64(0) or x < wp.int64(0) or z >= gz or y >= gy or x >= gx:
-        nbr[row, k] = -1
-        return
-    slot = table_find(table_keys, pack_key(wp.int64(coords[row, 0]), z, y, x, gx, gy, gz), cap_part, num_parts)
-    if slot < wp.int64(0):
-        nbr[row, k] = -1
-    else:
-        nbr[row, k] = table_vals[slot]
+    mid = num_k / 2
+    nbr[row, mid] = row
+    b = wp.int64(coords[row, 0])
+    for k in range(mid):
+        z = wp.int64(coords[row, 1] + (offsets[k, 0] - center[0]) * dilation[0])
+        y = wp.int64(coords[row, 2] + (offsets[k, 1] - center[1]) * dilation[1])
+        x = wp.int64(coords[row, 3] + (offsets[k, 2] - center[2]) * dilation[2])
+        if z >= wp.int64(0) and y >= wp.int64(0) and x >= wp.int64(0) and z < gz and y < gy and x < gx:
+            slot = table_find(table_keys, pack_key(b, z, y, x, gx, gy, gz), cap_part, num_parts)
+            if slot >= wp.int64(0):
+                j = table_vals[slot]
+                nbr[row, k] = j
+                nbr[j, num_k - 1 - k] = row
 
 
 @wp.kernel
@@ -173,8 +179,8 @@ def validate_coords(coords: torch.Tensor, grid: Sequence[int], name: str = "coor
     if len(grid) != 3 or any(int(g) <= 0 for g in grid):
         raise ValueError(f"grid size must be 3 positive ints (X, Y, Z), got {list(grid)}")
     if coords.shape[0]:
-        lo = coords.min(dim=0).values.tolist()
-        hi = coords.max(dim=0).values.tolist()
+        lo_t, hi_t = torch.aminmax(coords, dim=0)
+        lo, hi = lo_t.tolist(), hi_t.tolist()
         limits = (None, grid[2], grid[1], grid[0])
         for axis, label in enumerate("bzyx"):
             if lo[axis] < 0 or (limits[axis] is not None and hi[axis] >= limits[axis]):
@@ -206,13 +212,13 @@ def submanifold_map(
         raise ValueError(f"submanifold kernel_size must be odd, got {ks}")
     offsets = kernel_offsets(ks, coords.device)
     m, num_k = coords.shape[0], offsets.shape[0]
-    nbr = torch.empty(m, num_k, dtype=torch.int32, device=coords.device)
+    nbr = torch.full((m, num_k), -1, dtype=torch.int32, device=coords.device)
     if m:
         if table is None:
             table = VoxelHashTable(coords_to_keys(coords, grid))
         launch(
             _submanifold_kernel,
-            m * num_k,
+            m,
             [
                 to_wp(coords),
                 to_wp(offsets),
@@ -229,7 +235,8 @@ def submanifold_map(
     # Input i reaches output j through offset k iff j reaches i through the mirrored offset K-1-k, so the
     # transposed map of a submanifold conv is the map with its offset axis reversed.
     nbr_t = nbr.flip(1).contiguous()
-    return KernelMap(coords, tuple(grid), nbr, nbr_t, pair_lists(nbr, m))  # type: ignore[arg-type]
+    centre = num_k // 2  # odd kernel: the middle offset maps every voxel onto itself
+    return KernelMap(coords, tuple(grid), nbr, nbr_t, pair_lists(nbr, m, identity=centre))  # type: ignore[arg-type]
 
 
 def conv_output_grid(

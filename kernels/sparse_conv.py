@@ -31,25 +31,26 @@ class PairLists(NamedTuple):
     """Offset whose pairs are exactly (o, o) for every output (a submanifold centre), or -1."""
 
 
-def pair_lists(nbr: torch.Tensor, num_inputs: int) -> PairLists:
-    """Group the active entries of an (M_out, K) kernel map by offset."""
+def pair_lists(nbr: torch.Tensor, num_inputs: int, identity: int = -1) -> PairLists:
+    """Group the active entries of an (M_out, K) kernel map by offset.
+
+    ``identity`` names an offset known to map every output onto the same input row (the centre of a
+    submanifold kernel); it is checked, and its pairs are then skipped by the convolution.
+    """
     m, num_k = nbr.shape
-    cols = nbr.t().contiguous()
-    active = cols >= 0
-    k_idx, out_idx = active.nonzero(as_tuple=True)
-    counts = active.sum(dim=1).tolist()
+    cols = nbr.t().contiguous().view(-1)  # offset-major, so the nonzero scan yields pairs grouped by offset
+    flat = torch.nonzero(cols >= 0).squeeze(1)
+    inputs = cols[flat].to(torch.int64)
+    outputs = flat % max(m, 1)
+    counts = torch.bincount(flat // max(m, 1), minlength=num_k).tolist()
     starts = [0]
     for c in counts:
         starts.append(starts[-1] + int(c))
-    inputs = cols[k_idx, out_idx].to(torch.int64)
-    identity = -1
-    if m == num_inputs and m:
-        arange = torch.arange(m, dtype=torch.int32, device=nbr.device)
-        for k in range(num_k):
-            if counts[k] == m and torch.equal(cols[k], arange):
-                identity = k
-                break
-    return PairLists(inputs.contiguous(), out_idx.contiguous(), starts, identity)
+    if identity >= 0:
+        col = nbr[:, identity]
+        if m != num_inputs or not torch.equal(col, torch.arange(m, dtype=col.dtype, device=col.device)):
+            raise ValueError(f"offset {identity} does not map every output onto itself")
+    return PairLists(inputs, outputs, starts, identity)
 
 
 CHUNK_FLOATS = 2**20

@@ -156,8 +156,11 @@ def test_pair_lists_group_active_entries_by_offset():
     grid = (12, 10, 8)
     coords = occupancy_coords(grid, 2, 0.3, seed=12)
     km = KM.submanifold_map(coords, grid, 3)
-    pairs = SC.pair_lists(km.nbr, coords.shape[0])
-    assert pairs.identity == 13  # the centre of a 3x3x3 kernel maps every voxel onto itself
+    pairs = SC.pair_lists(km.nbr, coords.shape[0], identity=13)
+    assert km.pairs.identity == 13  # the centre of a 3x3x3 kernel maps every voxel onto itself
+    assert km.pairs.starts == pairs.starts and torch.equal(km.pairs.inputs, pairs.inputs)
+    with pytest.raises(ValueError, match="offset 12"):
+        SC.pair_lists(km.nbr, coords.shape[0], identity=12)
     assert pairs.starts[0] == 0 and pairs.starts[-1] == int((km.nbr >= 0).sum())
     for k in range(27):
         s, e = pairs.starts[k], pairs.starts[k + 1]
@@ -175,7 +178,7 @@ def test_precomputed_pairs_and_identity_path_match_oracle():
     km = KM.submanifold_map(coords, grid, 3)
     feats, weight = rand(coords.shape[0], 4, seed=13), rand(27, 4, 3, seed=14) * 0.2
     g = rand(coords.shape[0], 3, seed=15)
-    pairs = SC.pair_lists(km.nbr, coords.shape[0])
+    pairs = km.pairs
     no_identity = pairs._replace(identity=-1)  # forces the gather/scatter path for the centre offset too
 
     def run(p):
