@@ -1,7 +1,9 @@
 """GPU-style open-addressing hash table over int64 voxel keys (linear probing, slots claimed with CAS).
 
-Why a hash table: sparse-conv kernel maps and voxel de-duplication need "coordinate -> row" look-ups for
-millions of voxels; a dense index volume of the whole grid does not fit at 1024^3 or Waymo-scale ranges.
+Why a hash table: sparse-conv kernel maps need "coordinate -> row" look-ups for millions of voxels; a dense
+index volume of the whole grid does not fit at 1024^3 or Waymo-scale ranges. (De-duplication of keys, by
+contrast, is sort-based: see :func:`unique_keys_with_inverse`.) The module also holds the one voxel-key packing
+shared by voxelisation and kernel maps.
 
 The table is split into ``parts`` independent sub-tables; a key's sub-table is chosen by high bits of its hash.
 On CUDA there is one part and ``wp.atomic_cas`` makes concurrent inserts safe. On the CPU, Warp atomics are
@@ -150,61 +152,6 @@ def _insert_kernel(
 
 
 @wp.kernel
-def _insert_unique_kernel(
-    part: int,
-    num_parts: int,
-    keys: wp.array(dtype=wp.int64),
-    table_keys: wp.array(dtype=wp.int64),
-    slot_count: wp.array(dtype=wp.int32),
-    unique_keys: wp.array(dtype=wp.int64),
-    unique_slot: wp.array(dtype=wp.int64),
-    unique_count: wp.array(dtype=wp.int32),
-    point_slot: wp.array(dtype=wp.int64),
-    cap_part: wp.int64,
-    overflow: wp.array(dtype=wp.int32),
-):
-    """Insert and count; the thread that claims a new slot appends (key, slot) to its part's region."""
-    i = wp.tid()
-    k = keys[i]
-    if k < wp.int64(0):
-        if part == 0:
-            point_slot[i] = wp.int64(-1)
-        return
-    h = mix64(k)
-    if owner_part(h, num_parts) != part:
-        return
-    base = wp.int64(part) * cap_part
-    mask = cap_part - wp.int64(1)
-    r = table_claim(table_keys, k, base, mask, wp.int64(h & wp.uint64(mask)))
-    if r[0] < wp.int64(0):
-        overflow[0] = 1
-        point_slot[i] = wp.int64(-1)
-        return
-    if r[1] == wp.int64(1):
-        u = base + wp.int64(wp.atomic_add(unique_count, part, 1))
-        unique_keys[u] = k
-        unique_slot[u] = r[0]
-    wp.atomic_add(slot_count, r[0], 1)
-    point_slot[i] = r[0]
-
-
-@wp.kernel
-def _rank_slots_kernel(
-    offset: int,
-    order: wp.array(dtype=wp.int32),
-    region: wp.array(dtype=wp.int64),
-    unique_slot: wp.array(dtype=wp.int64),
-    slot_count: wp.array(dtype=wp.int32),
-    slot_rank: wp.array(dtype=wp.int64),
-    counts: wp.array(dtype=wp.int32),
-):
-    r = wp.tid() + offset
-    slot = unique_slot[region[order[r]]]
-    slot_rank[slot] = wp.int64(r)
-    counts[r] = slot_count[slot]
-
-
-@wp.kernel
 def _query_kernel(
     offset: int,
     keys: wp.array(dtype=wp.int64),
@@ -220,21 +167,6 @@ def _query_kernel(
         out[i] = -1
     else:
         out[i] = table_vals[slot]
-
-
-@wp.kernel
-def _inverse_kernel(
-    offset: int,
-    point_slot: wp.array(dtype=wp.int64),
-    slot_rank: wp.array(dtype=wp.int64),
-    inverse: wp.array(dtype=wp.int64),
-):
-    i = wp.tid() + offset
-    s = point_slot[i]
-    if s < wp.int64(0):
-        inverse[i] = wp.int64(-1)
-    else:
-        inverse[i] = slot_rank[s]
 
 
 def table_capacity(n: int) -> int:
@@ -315,69 +247,12 @@ class VoxelHashTable:
 def unique_keys_with_inverse(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sorted unique non-negative keys, the index of each input's key in that list (-1 if negative), counts.
 
-    Equals ``torch.unique(keys[keys >= 0], sorted=True, return_inverse=True, return_counts=True)`` but hashes
-    N keys and radix-sorts only the M unique ones, which is what makes voxelisation of millions of points cheap.
+    Sort-based (``torch.unique``, parallel on the CPU, CUB radix sort on CUDA): for voxel keys, which arrive in
+    scan order and are nearly sorted, it measured 4-5x faster than de-duplicating through the hash table.
+    Negative keys (codes for dropped points) sort first and are stripped.
     """
     check_tensor("keys", keys, torch.int64, ndim=1)
-    init()
-    keys = keys.contiguous()
-    n = keys.shape[0]
-    device = keys.device
-    dev = wp_device(keys)
-    if n == 0:
-        empty = torch.empty(0, dtype=torch.int64, device=device)
-        return empty, empty.clone(), torch.empty(0, dtype=torch.int32, device=device)
-    parts = num_parts(dev, n)
-    while True:
-        cap_part = _layout(n, parts)
-        size = cap_part * parts
-        table_keys = torch.full((size,), EMPTY, dtype=torch.int64, device=device)
-        slot_count = torch.zeros(size, dtype=torch.int32, device=device)
-        uniq = torch.empty(size, dtype=torch.int64, device=device)
-        uniq_slot = torch.empty(size, dtype=torch.int64, device=device)
-        count = torch.zeros(parts, dtype=torch.int32, device=device)
-        point_slot = torch.empty(n, dtype=torch.int64, device=device)
-        overflow = torch.zeros(1, dtype=torch.int32, device=device)
-        launch_partitioned(
-            _insert_unique_kernel,
-            n,
-            [
-                to_wp(keys),
-                to_wp(table_keys),
-                to_wp(slot_count),
-                to_wp(uniq),
-                to_wp(uniq_slot),
-                to_wp(count),
-                to_wp(point_slot),
-                cap_part,
-                to_wp(overflow),
-            ],
-            dev,
-            parts=parts,
-        )
-        if parts == 1 or not int(overflow.item()):
-            break
-        parts = 1
-    per_part = count.tolist()
-    m = sum(per_part)
-    region = torch.cat(
-        [torch.arange(c, dtype=torch.int64, device=device) + p * cap_part for p, c in enumerate(per_part)]
-    )
-    # Warp's radix sort wants 2*m scratch entries; values are int32 positions into `region`.
-    sort_keys = torch.empty(2 * m, dtype=torch.int64, device=device)
-    sort_vals = torch.empty(2 * m, dtype=torch.int32, device=device)
-    sort_keys[:m] = uniq[region]
-    sort_vals[:m] = torch.arange(m, dtype=torch.int32, device=device)
-    if m:
-        wp.utils.radix_sort_pairs(to_wp(sort_keys), to_wp(sort_vals), m)
-    slot_rank = torch.empty(size, dtype=torch.int64, device=device)
-    counts = torch.empty(m, dtype=torch.int32, device=device)
-    launch(
-        _rank_slots_kernel,
-        m,
-        [to_wp(sort_vals), to_wp(region), to_wp(uniq_slot), to_wp(slot_count), to_wp(slot_rank), to_wp(counts)],
-        dev,
-    )
-    inverse = torch.empty(n, dtype=torch.int64, device=device)
-    launch(_inverse_kernel, n, [to_wp(point_slot), to_wp(slot_rank), to_wp(inverse)], dev)
-    return sort_keys[:m].clone(), inverse, counts
+    uniq, inv, cnt = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
+    num_negative = int(torch.searchsorted(uniq, torch.zeros(1, dtype=torch.int64, device=keys.device)))
+    inverse = (inv - num_negative).clamp_(min=-1)
+    return uniq[num_negative:], inverse, cnt[num_negative:].to(torch.int32)

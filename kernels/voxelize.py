@@ -2,8 +2,7 @@
 
 "Dynamic" as in DSVT/OpenPCDet's dynamic VFE: no cap on points per voxel or on the voxel count. A Warp kernel
 computes one packed int64 key per point (dropping non-finite and out-of-range points, counted separately), then
-:func:`sparse3d.kernels.hashmap.unique_keys_with_inverse` de-duplicates through the CAS hash table. Output
-voxels are sorted by key ``b·(X·Y·Z) + ix·(Y·Z) + iy·Z + iz`` -- the order ``torch.unique`` gives in the
+a sort-based unique de-duplicates them. Output voxels are sorted by key ``b·(X·Y·Z) + ix·(Y·Z) + iy·Z + iz`` -- the order ``torch.unique`` gives in the
 official code -- and coords are emitted as (batch, z, y, x) int32.
 """
 
