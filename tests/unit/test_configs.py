@@ -19,7 +19,7 @@ import pytest
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, InstantiationException
+from hydra.errors import ConfigCompositionException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -44,20 +44,9 @@ def _local_overrides(tmp_path: Path) -> list[str]:
     return [f"paths.output_root={tmp_path / 'outputs'}", f"paths.data_dir={tmp_path / 'data'}"]
 
 
-def _skip_if_target_missing(exc: BaseException) -> None:
-    """Skip (with the reason) when a ``_target_`` cannot be imported yet; re-raise anything else."""
-    text = f"{exc} {exc.__cause__!r}"
-    if isinstance(exc, (ImportError, AttributeError)) or "Error locating target" in text or "ModuleNotFoundError" in text:
-        pytest.skip(f"config target not importable yet: {text.splitlines()[0]}")
-    raise exc
-
-
 def _shrink_generator(node: DictConfig) -> None:
     """Make a data generator tiny for tests, touching only arguments its target actually takes."""
-    try:
-        params = inspect.signature(get_method(node._target_)).parameters
-    except Exception as exc:  # any import failure means "not available yet"
-        _skip_if_target_missing(exc)
+    params = inspect.signature(get_method(node._target_)).parameters
     small = {"num_scenes": 3, "val_scenes": 1, "num_beams": 8, "points_per_beam": 256, "progress": False,
              "num_samples": 8, "val_samples": 4}
     with open_dict(node):
@@ -108,14 +97,11 @@ def test_experiment_composes_and_instantiates(hydra_compose: Compose, experiment
     TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))  # values fit the schema
     if cfg.data.get("generator") is not None:
         _shrink_generator(cfg.data.generator)
-    try:
-        prepare_data(cfg.data)
-        train_ds = instantiate(cfg.data.train, _convert_="all")
-        val_ds = instantiate(cfg.data.val, _convert_="all") if cfg.data.get("val") is not None else None
-        collate = instantiate(cfg.data.collate_fn) if cfg.data.get("collate_fn") is not None else None
-        model = instantiate(cfg.model, _convert_="all")
-    except (InstantiationException, ImportError, AttributeError) as exc:
-        _skip_if_target_missing(exc)
+    prepare_data(cfg.data)
+    train_ds = instantiate(cfg.data.train, _convert_="all")
+    val_ds = instantiate(cfg.data.val, _convert_="all") if cfg.data.get("val") is not None else None
+    collate = instantiate(cfg.data.collate_fn) if cfg.data.get("collate_fn") is not None else None
+    model = instantiate(cfg.model, _convert_="all")
     assert len(train_ds) > 0
     assert val_ds is None or len(val_ds) > 0
     items = [train_ds[i] for i in range(min(2, len(train_ds)))]
@@ -177,7 +163,7 @@ def test_default_experiment_is_quickstart(hydra_compose: Compose) -> None:
     assert cfg.experiment_name == "quickstart"
     assert cfg.model._target_.endswith("SparseUNetSegmenter")
     assert cfg.data.root.endswith("synthetic_lidar")
-    assert cfg.trainer.max_steps <= 100
+    assert cfg.trainer.max_steps <= 500  # the demo must stay around a minute on 2 CPU cores
     assert cfg.model.num_classes == cfg.data.num_classes
 
 
@@ -257,10 +243,7 @@ def test_data_generator_options_target_callables(hydra_compose: Compose) -> None
         cfg = hydra_compose("data", [f"generator={option}"])
         assert cfg.generator._target_
         assert Path(cfg.out_dir).is_absolute()
-        try:
-            assert callable(get_method(cfg.generator._target_))
-        except Exception as exc:
-            _skip_if_target_missing(exc)
+        assert callable(get_method(cfg.generator._target_))
 
 
 def test_info_searchpath_lists_package(script: Callable[[str], str]) -> None:
