@@ -60,6 +60,28 @@ def _decode_keys_kernel(
     coords[i, 0] = wp.int32(k / gx)
 
 
+@wp.kernel
+def _coords_keys_kernel(
+    offset: int,
+    coords: wp.array2d(dtype=wp.int32),
+    gx: wp.int64,
+    gy: wp.int64,
+    gz: wp.int64,
+    keys: wp.array(dtype=wp.int64),
+):
+    i = wp.tid() + offset
+    keys[i] = pack_key(
+        wp.int64(coords[i, 0]), wp.int64(coords[i, 1]), wp.int64(coords[i, 2]), wp.int64(coords[i, 3]), gx, gy, gz
+    )
+
+
+def coords_to_keys(coords: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Packed int64 keys of (N, 4) int32 coords (batch, z, y, x) in a grid (X, Y, Z)."""
+    keys = torch.empty(coords.shape[0], dtype=torch.int64, device=coords.device)
+    launch(_coords_keys_kernel, coords.shape[0], [to_wp(coords), grid[0], grid[1], grid[2], to_wp(keys)], wp_device(coords))
+    return keys
+
+
 def decode_keys(keys: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     """(M, 4) int32 coords (batch, z, y, x) of packed voxel keys in a grid (X, Y, Z)."""
     coords = torch.empty(keys.shape[0], 4, dtype=torch.int32, device=keys.device)

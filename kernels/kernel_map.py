@@ -22,6 +22,7 @@ import warp as wp
 
 from sparse3d.kernels.hashmap import (
     VoxelHashTable,
+    coords_to_keys,
     decode_keys,
     pack_key,
     table_find,
@@ -61,21 +62,6 @@ def kernel_offsets(kernel_size: tuple[int, int, int], device: torch.device) -> t
         torch.meshgrid(torch.arange(kz), torch.arange(ky), torch.arange(kx), indexing="ij"), dim=-1
     )
     return grid.reshape(-1, 3).to(torch.int32).to(device)
-
-
-@wp.kernel
-def _coords_keys_kernel(
-    offset: int,
-    coords: wp.array2d(dtype=wp.int32),
-    gx: wp.int64,
-    gy: wp.int64,
-    gz: wp.int64,
-    keys: wp.array(dtype=wp.int64),
-):
-    i = wp.tid() + offset
-    keys[i] = pack_key(
-        wp.int64(coords[i, 0]), wp.int64(coords[i, 1]), wp.int64(coords[i, 2]), wp.int64(coords[i, 3]), gx, gy, gz
-    )
 
 
 @wp.kernel
@@ -164,13 +150,6 @@ def _transpose_kernel(
     i = nbr[o, k]
     if i >= 0:
         nbr_t[i, k] = o
-
-
-def coords_to_keys(coords: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Packed int64 keys of (N, 4) int32 coords (batch, z, y, x) in a grid (X, Y, Z)."""
-    keys = torch.empty(coords.shape[0], dtype=torch.int64, device=coords.device)
-    launch(_coords_keys_kernel, coords.shape[0], [to_wp(coords), grid[0], grid[1], grid[2], to_wp(keys)], wp_device(coords))
-    return keys
 
 
 def validate_coords(coords: torch.Tensor, grid: Sequence[int], name: str = "coords") -> torch.Tensor:
