@@ -1,0 +1,1 @@
+"""Hydra configs of the SpaRe benchmark tools (sparse3d-spare)."""

@@ -1,0 +1,1 @@
+"""Reference novel-view baselines that implement :class:`sparse3d.render.NovelViewMethod`."""

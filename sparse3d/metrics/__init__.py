@@ -1,0 +1,1 @@
+"""Image, mesh and detection metrics."""

@@ -1,0 +1,1 @@
+"""The SpaRe benchmark protocol: submission writing and checking, scene sweeps and result tables."""
