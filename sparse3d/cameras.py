@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 
-
 @dataclass(frozen=True)
 class Cameras:
     """A batch of ``N`` pinhole cameras sharing one image size.
