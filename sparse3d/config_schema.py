@@ -75,8 +75,16 @@ class TrainConfig:
 
 
 @dataclass
+class LpipsConfig:
+    """User-provided LPIPS weight files (never downloaded); null falls back to the environment variables."""
+
+    backbone: str | None = None  # torchvision AlexNet state dict; else $SPARSE3D_LPIPS_BACKBONE
+    heads: str | None = None  # LPIPS v0.1 alex.pth linear heads; else $SPARSE3D_LPIPS_HEADS
+
+
+@dataclass
 class EvalConfig:
-    """Top level of ``eval.yaml``: evaluate a checkpoint on the validation split."""
+    """Top level of ``eval.yaml``: score a checkpoint (task=segmentation) or rendered images (task=render)."""
 
     task_name: str = "eval"
     experiment_name: str = "default"
@@ -92,6 +100,13 @@ class EvalConfig:
     strict: bool = True  # strict state-dict loading
     seed: int = 0
     progress: bool = True
+    # task=render: score rendered test views (a directory or submission zip) against SpaRe-layout ground truth
+    pred: str | None = None
+    data_root: str | None = None
+    split: str | None = None  # split JSON; a bare file name is also looked up in data_root
+    calibration_dir: str | None = None  # shared pos_XXX.txt directory (DTU style) instead of <scene>/cameras
+    psnr_mask_mode: str = "mask_pixels"  # "mask_pixels" | "masked_full"
+    lpips: LpipsConfig = field(default_factory=LpipsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

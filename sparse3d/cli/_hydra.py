@@ -93,7 +93,8 @@ def rewrite_positional_group(argv: Sequence[str], group: str) -> list[str]:
     """Turn the first bare word into ``group=<word>``: ``prog [flags] NAME k=v`` → ``prog [flags] group=NAME k=v``.
 
     Hydra has no positional arguments; this keeps ``sparse3d-data lidar`` working. Flags and their values
-    (``--config-dir DIR``, ``-m``) and overrides (anything with ``=``) are left alone.
+    (``--config-dir DIR``) and overrides (anything with ``=``) are left alone, except that ``-m`` is moved
+    before the overrides so ``sparse3d-data lidar -m seed=0,1`` works.
     """
     args = list(argv)
     index = 1
@@ -108,7 +109,14 @@ def rewrite_positional_group(argv: Sequence[str], group: str) -> list[str]:
         if token and "=" not in token:
             args[index] = f"{group}={token}"
         break
-    return args
+    return _hoist_multirun_flag(args)
+
+
+def _hoist_multirun_flag(argv: list[str]) -> list[str]:
+    """Move ``-m``/``--multirun`` in front of the overrides: Hydra's argparse takes the overrides as one
+    positional list, so ``prog NAME -m k=a,b`` (override, flag, overrides) would otherwise be rejected."""
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    return [argv[0], *flags, *(a for a in argv[1:] if a not in ("-m", "--multirun"))]
 
 
 def hydra_output_dir() -> Path:

@@ -1,14 +1,19 @@
-"""``sparse3d-eval``: evaluate a training checkpoint on the validation split.
+"""``sparse3d-eval``: evaluate a training checkpoint on the validation split, or score rendered images.
 
 Examples::
 
     sparse3d-eval ckpt_path=outputs/train/quickstart/2025-01-01_12-00-00          # a run dir
     sparse3d-eval ckpt_path=.../checkpoints/step_0000030.ckpt device=cpu
     sparse3d-eval ckpt_path=<run> ++data.root=/other/data batch_size=4
+    sparse3d-eval task=render pred=submission.zip data_root=/data/spare split=Track1_split_development.json \
+        lpips.backbone=/weights/alexnet-owt-7be5be79.pth lpips.heads=/weights/alex.pth
 
 The model and data are rebuilt from the resolved config stored in the checkpoint; ``model=...`` /
 ``data=...`` (config groups) or ``++model.<key>=...`` override parts of it. Results go to
-``<output_root>/eval/<experiment>/<timestamp>/results.json`` and are printed.
+``<output_root>/eval/<experiment>/<timestamp>/results.json`` and are printed. ``task=render`` needs no
+checkpoint: it scores ``pred`` (a directory or a SpaRe submission zip) with
+:func:`sparse3d.metrics.rendering.evaluate_rendering`, prints the markdown table and also writes
+``per_image.csv`` and ``results.md``.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sparse3d.cli import _hydra as H
+from sparse3d.metrics import rendering as R
 from sparse3d.train.checkpoint import atomic_write_json, load_checkpoint, resolve_checkpoint_path
 from sparse3d.train.trainer import evaluate
+from sparse3d.utils.device import resolve_device
 from sparse3d.utils.errors import UserError
 from sparse3d.utils.seed import seed_everything
 
@@ -87,17 +94,51 @@ def _segmentation_task(
     return metrics, len(dataset)
 
 
-# Evaluation tasks by name; rendering tasks register here later.
+# Checkpoint evaluation tasks by name (model, merged config, cfg) -> (metrics, number of samples).
 TASKS: dict[str, Callable[[torch.nn.Module, DictConfig, DictConfig], tuple[dict[str, float], int]]] = {
     "segmentation": _segmentation_task,
 }
 
 
+def _render_task(cfg: DictConfig) -> dict[str, Any]:
+    """``task=render``: score rendered images against ground truth; no checkpoint involved."""
+    start = time.perf_counter()
+    for key in ("pred", "data_root", "split"):
+        if not cfg.get(key):
+            raise UserError(f"task=render needs {key}=...: "
+                            "sparse3d-eval task=render pred=<dir|zip> data_root=<dir> split=<json>")
+    result = R.evaluate_rendering(
+        str(cfg.pred), str(cfg.data_root), str(cfg.split),
+        psnr_mask_mode=str(cfg.psnr_mask_mode),
+        lpips_backbone=cfg.lpips.backbone, lpips_heads=cfg.lpips.heads,
+        calibration_dir=cfg.calibration_dir, device=resolve_device(str(cfg.device)),
+        progress=bool(cfg.progress),
+    )
+    output_dir = H.hydra_output_dir()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"task": cfg.task, "experiment": cfg.experiment_name, "device": str(cfg.device),
+             "num_images": len(result.images), "wall_time_s": time.perf_counter() - start,
+             "output_dir": str(output_dir)}
+    R.write_json(result, output_dir / "results.json", extra)
+    R.write_csv(result, output_dir / "per_image.csv")
+    R.write_markdown(result, output_dir / "results.md")
+    print(R.to_markdown(result), flush=True)
+    print(f"{APP}: render on {len(result.images)} images; results: {output_dir / 'results.json'}", flush=True)
+    return {**R.to_json_dict(result), **extra}
+
+
+# Tasks that score files instead of a checkpoint.
+FILE_TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"render": _render_task}
+
+
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """The body of ``sparse3d-eval``; returns the results dict (also written to results.json)."""
     start = time.perf_counter()
+    if cfg.task in FILE_TASKS:
+        return FILE_TASKS[cfg.task](cfg)
     if cfg.task not in TASKS:
-        raise UserError(f"unknown eval task {cfg.task!r}; available: {', '.join(sorted(TASKS))}")
+        available = ", ".join(sorted([*TASKS, *FILE_TASKS]))
+        raise UserError(f"unknown eval task {cfg.task!r}; available: {available}")
     if OmegaConf.is_missing(cfg, "ckpt_path") or not str(cfg.ckpt_path).strip():
         raise UserError("ckpt_path is required: sparse3d-eval ckpt_path=<run dir or .ckpt file>")
     ckpt_path = resolve_checkpoint_path(str(cfg.ckpt_path))

@@ -234,6 +234,9 @@ def test_positional_generator_argument() -> None:
         "prog", "--config-dir", "/c", "generator=toy", "a=1"]
     assert rewrite_positional_group(["prog", "-m", "lidar,toy"], "generator") == ["prog", "-m", "generator=lidar,toy"]
     assert rewrite_positional_group(["prog", "generator=lidar"], "generator") == ["prog", "generator=lidar"]
+    # -m after the name and among overrides is hoisted in front of them (Hydra's argparse needs that).
+    assert rewrite_positional_group(["prog", "lidar", "a=1", "-m", "seed=0,1"], "generator") == [
+        "prog", "-m", "generator=lidar", "a=1", "seed=0,1"]
     assert rewrite_positional_group(["prog", "--info", "searchpath"], "generator") == ["prog", "--info", "searchpath"]
     assert rewrite_positional_group(["prog"], "generator") == ["prog"]
 

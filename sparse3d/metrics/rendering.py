@@ -1,0 +1,493 @@
+"""Score rendered test views against SpaRe-layout ground truth: PSNR, PSNR-M, SSIM, SSIM-M, LPIPS, LPIPS-M.
+
+Protocol (SpaRe design note §7, our reading where the site is silent):
+
+* Predictions are a directory or a submission ``.zip`` holding ``<scene>/<image_filename(dataset, view,
+  3)>`` for every scene and test view of the split; ground truth is read with :mod:`sparse3d.io.spare`
+  (lighting 3).
+* Before any metric is computed every expected file is checked: missing files, files that are not PNG and size
+  mismatches are all listed in one error. Nothing is resized; alpha channels are dropped by the reader.
+* Per image: PSNR, SSIM and LPIPS on the full frame. With a GT mask (``<scene>/masks/<stem>.png``):
+  PSNR-M in the chosen mode (:data:`~sparse3d.metrics.image.PSNR_MASK_MODES`), SSIM-M and LPIPS-M on the
+  crop to the GT mask's tight box (grown to 11 px for SSIM and 31 px for LPIPS when thinner, see
+  :mod:`sparse3d.metrics.image`). Without a mask, or with an empty one, the -M metrics of that image are
+  *not computed* (``None``).
+* Per scene: mean over its images (the -M means over the images that have them). Per dataset: mean of
+  the scene means, "Synthetic" and "DTU" separately, never mixed. A mean including an infinite PSNR is
+  infinite.
+* LPIPS needs two user files (AlexNet backbone + v0.1 heads); without them it is *not computed*.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sparse3d.io.images import png_info, read_image, read_mask
+from sparse3d.io.spare import (
+    DATASETS,
+    EVAL_LIGHTING,
+    SpareScene,
+    SplitEntry,
+    image_filename,
+    load_scene,
+    read_split,
+)
+from sparse3d.metrics import image as M
+from sparse3d.metrics.lpips import LPIPS, MIN_SIZE, describe_weights, resolve_weights
+from sparse3d.utils.errors import UserError
+
+log = logging.getLogger("sparse3d.metrics.rendering")
+
+PathLike = str | Path
+METRICS = ("psnr", "psnr_m", "ssim", "ssim_m", "lpips", "lpips_m")
+LABELS = {
+    "psnr": "PSNR",
+    "psnr_m": "PSNR-M",
+    "ssim": "SSIM",
+    "ssim_m": "SSIM-M",
+    "lpips": "LPIPS",
+    "lpips_m": "LPIPS-M",
+}
+NOT_COMPUTED = "n/c"
+
+
+@dataclass
+class ImageScore:
+    """Metrics of one rendered test view; ``None`` = not computed (no/empty mask, or no LPIPS weights)."""
+
+    scene: str
+    dataset: str
+    view: int
+    file: str
+    width: int
+    height: int
+    psnr: float
+    ssim: float
+    lpips: float | None = None
+    psnr_m: float | None = None
+    ssim_m: float | None = None
+    lpips_m: float | None = None
+    mask_fraction: float | None = None
+    bbox: tuple[int, int, int, int] | None = None  # (r0, r1, c0, c1) inclusive, tight box of the GT mask
+
+
+@dataclass
+class RenderEvaluation:
+    """Everything a report needs: per image, per scene and per dataset numbers plus the protocol used."""
+
+    images: list[ImageScore]
+    scenes: dict[str, dict[str, Any]]
+    datasets: dict[str, dict[str, Any]]
+    psnr_mask_mode: str
+    lpips: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def protocol(self) -> dict[str, Any]:
+        return {
+            "psnr": "10*log10(1/MSE), data range 1, all pixels and channels; identical images -> inf",
+            "psnr_mask_mode": self.psnr_mask_mode,
+            "ssim": "pytorch_msssim, gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, "
+            "valid region (no padding)",
+            "bbox": "tight box of the GT mask, grown to 11 px (SSIM-M) / 31 px (LPIPS-M) when thinner",
+            "lpips": "AlexNet v0.1 linear heads, inputs mapped to [-1, 1]",
+            "lighting": EVAL_LIGHTING,
+            "scene_mean": "mean over the scene's images (-M: over images with a non-empty mask)",
+            "dataset_mean": "mean of scene means, per dataset (Synthetic and DTU separately)",
+        }
+
+
+# ---------------------------------------------------------------------------------------------- predictions
+class _Predictions:
+    """Read-only view of a predictions directory or submission zip, addressed by ``scene/file`` names."""
+
+    def __init__(self, root: Path, archive: zipfile.ZipFile | None, scratch: Path | None) -> None:
+        self.root = root
+        self.archive = archive
+        self.scratch = scratch
+        self.members = (
+            {n for n in archive.namelist() if not n.endswith("/")} if archive is not None else set()
+        )
+
+    def location(self, name: str) -> str:
+        return f"{self.root}:{name}" if self.archive is not None else str(self.root / name)
+
+    def exists(self, name: str) -> bool:
+        return name in self.members if self.archive is not None else (self.root / name).is_file()
+
+    def header(self, name: str) -> bytes:
+        if self.archive is not None:
+            with self.archive.open(name) as handle:
+                return handle.read(33)
+        with (self.root / name).open("rb") as handle:
+            return handle.read(33)
+
+    def read(self, name: str) -> np.ndarray:
+        if self.archive is None:
+            return read_image(self.root / name)
+        assert self.scratch is not None
+        extracted = Path(self.archive.extract(name, self.scratch))
+        try:
+            return read_image(extracted)
+        finally:
+            extracted.unlink()
+
+    def layout_hint(self, scenes: Sequence[str]) -> str:
+        """Explain a common packaging mistake: scene folders inside one enclosing folder."""
+        names = (
+            self.members
+            if self.archive is not None
+            else {str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file()}
+        )
+        tops = {n.split("/", 1)[0] for n in names if "/" in n}
+        if len(tops) == 1 and not (tops & set(scenes)):
+            return f" (everything is inside {next(iter(tops))!r}/; scene folders must be at the top level)"
+        return ""
+
+
+@contextmanager
+def _open_predictions(path: PathLike) -> Iterator[_Predictions]:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        yield _Predictions(p, None, None)
+        return
+    if not p.is_file():
+        raise UserError(f"predictions not found: {p} (give a directory or a submission .zip)")
+    if not zipfile.is_zipfile(p):
+        raise UserError(f"{p}: predictions must be a directory or a .zip archive")
+    with zipfile.ZipFile(p) as archive, tempfile.TemporaryDirectory(prefix="sparse3d_eval_") as scratch:
+        yield _Predictions(p, archive, Path(scratch))
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def _scene_entries(split: PathLike, data_root: Path) -> tuple[Path, dict[str, SplitEntry]]:
+    split_path = Path(split).expanduser()
+    if not split_path.is_file() and not split_path.is_absolute() and (data_root / split_path).is_file():
+        split_path = data_root / split_path  # "split=Track1_split_development.json" next to the data
+    return split_path, read_split(split_path)
+
+
+def _check_predictions(
+    preds: _Predictions, scenes: dict[str, SpareScene], entries: dict[str, SplitEntry]
+) -> None:
+    """Every expected file present, a PNG, and of the GT size; report all problems at once."""
+    missing: list[str] = []
+    problems: list[str] = []
+    for name, entry in entries.items():
+        width, height = scenes[name].cameras.width, scenes[name].cameras.height
+        for view in entry.test_views:
+            rel = f"{name}/{image_filename(entry.dataset, view, EVAL_LIGHTING)}"
+            if not preds.exists(rel):
+                missing.append(rel)
+                continue
+            try:
+                info = png_info(preds.header(rel))
+            except ValueError:
+                problems.append(f"{rel}: not a PNG file")
+                continue
+            if (info.width, info.height) != (width, height):
+                problems.append(
+                    f"{rel}: size {info.width}x{info.height} differs from the ground truth {width}x{height} "
+                    "(predictions are never resized)"
+                )
+    if missing:
+        hint = preds.layout_hint(list(entries))
+        problems.insert(
+            0, f"{len(missing)} missing prediction(s) in {preds.root}{hint}: " + ", ".join(missing)
+        )
+    if problems:
+        raise UserError("cannot evaluate the predictions:\n  " + "\n  ".join(problems))
+
+
+def _score_image(
+    pred_np: np.ndarray,
+    gt_np: np.ndarray,
+    mask_np: np.ndarray | None,
+    mode: str,
+    lpips: LPIPS | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    pred, gt = torch.from_numpy(pred_np).to(device), torch.from_numpy(gt_np).to(device)
+    out: dict[str, Any] = {"psnr": float(M.psnr(pred, gt)), "ssim": float(M.ssim(pred, gt))}
+    if lpips is not None:
+        out["lpips"] = float(lpips.distance(pred, gt))
+    if mask_np is None or not mask_np.any():
+        return out
+    mask = torch.from_numpy(mask_np).to(device)
+    box = M.mask_bbox(mask)
+    out["bbox"] = box
+    out["mask_fraction"] = float(mask_np.mean())
+    out["psnr_m"] = float(M.psnr_masked(pred, gt, mask, mode=mode))
+    out["ssim_m"] = float(M.ssim_bbox(pred, gt, mask))
+    if lpips is not None:
+        lbox = M.grow_bbox(box, MIN_SIZE, mask.shape[0], mask.shape[1])
+        out["lpips_m"] = float(lpips.distance(M.crop(pred, lbox), M.crop(gt, lbox)))
+    return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _aggregate(images: list[ImageScore], entries: dict[str, SplitEntry]) -> tuple[dict, dict]:
+    scenes: dict[str, dict[str, Any]] = {}
+    for name, entry in entries.items():
+        rows = [im for im in images if im.scene == name]
+        summary: dict[str, Any] = {
+            "dataset": entry.dataset,
+            "num_images": len(rows),
+            "num_masked": sum(im.psnr_m is not None for im in rows),
+        }
+        summary.update({key: _mean([getattr(im, key) for im in rows]) for key in METRICS})
+        scenes[name] = summary
+    datasets: dict[str, dict[str, Any]] = {}
+    for dataset in DATASETS:
+        members = {n: s for n, s in scenes.items() if s["dataset"] == dataset}
+        if not members:
+            continue
+        summary = {
+            "num_scenes": len(members),
+            "num_images": sum(s["num_images"] for s in members.values()),
+            "num_scenes_masked": sum(s["psnr_m"] is not None for s in members.values()),
+            "scenes": list(members),
+        }
+        summary.update({key: _mean([s[key] for s in members.values()]) for key in METRICS})
+        datasets[dataset] = summary
+    return scenes, datasets
+
+
+def evaluate_rendering(
+    pred: PathLike,
+    data_root: PathLike,
+    split: PathLike,
+    *,
+    psnr_mask_mode: str = "mask_pixels",
+    lpips_backbone: PathLike | None = None,
+    lpips_heads: PathLike | None = None,
+    calibration_dir: PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> RenderEvaluation:
+    """Score a predictions directory/zip against the ground truth of every scene in ``split``.
+
+    LPIPS weights default to ``$SPARSE3D_LPIPS_BACKBONE`` / ``$SPARSE3D_LPIPS_HEADS``; without them
+    LPIPS is not computed. Raises :class:`UserError` for anything the user can fix (missing files, sizes,
+    bad weights).
+    """
+    if psnr_mask_mode not in M.PSNR_MASK_MODES:
+        raise UserError(f"psnr_mask_mode must be one of {list(M.PSNR_MASK_MODES)}, got {psnr_mask_mode!r}")
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data_root not found: {root}")
+    split_path, entries = _scene_entries(split, root)
+    torch_device = torch.device(device)
+    weights = resolve_weights(lpips_backbone, lpips_heads)
+    lpips_model: LPIPS | None = None
+    try:
+        lpips_info = describe_weights(weights)
+        if weights.available:
+            lpips_model = LPIPS.from_files(weights.backbone, weights.heads, device=torch_device)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if lpips_info["computed"] and not (
+        lpips_info["backbone_is_reference"] and lpips_info["heads_is_reference"]
+    ):
+        log.warning(
+            "LPIPS weights differ from the published files (see results.json 'lpips'); numbers are not "
+            "comparable with published LPIPS"
+        )
+    scenes = {
+        name: load_scene(root, entry, calibration_dir=calibration_dir) for name, entry in entries.items()
+    }
+
+    images: list[ImageScore] = []
+    with _open_predictions(pred) as preds:
+        _check_predictions(preds, scenes, entries)
+        jobs = [(name, view) for name, entry in entries.items() for view in entry.test_views]
+        for name, view in tqdm(jobs, desc="evaluate", unit="img", disable=not progress):
+            scene, entry = scenes[name], entries[name]
+            rel = f"{name}/{image_filename(entry.dataset, view, EVAL_LIGHTING)}"
+            gt_path = scene.image_path(view, EVAL_LIGHTING)
+            if not gt_path.is_file():
+                raise UserError(f"ground-truth image not found: {gt_path}")
+            try:
+                gt = read_image(gt_path)
+                prediction = preds.read(rel)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            if prediction.shape != gt.shape:
+                raise UserError(
+                    f"{preds.location(rel)}: size {prediction.shape[1]}x{prediction.shape[0]} differs "
+                    f"from the ground truth {gt.shape[1]}x{gt.shape[0]} ({gt_path})"
+                )
+            mask_path = scene.mask_path(view)
+            mask = read_mask(mask_path) if mask_path is not None else None
+            if mask is not None and mask.shape != gt.shape[:2]:
+                raise UserError(
+                    f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the "
+                    f"ground-truth image {gt.shape[1]}x{gt.shape[0]}"
+                )
+            if mask is not None and not mask.any():
+                log.warning("%s: empty object mask; -M metrics not computed for this view", mask_path)
+            try:
+                scores = _score_image(prediction, gt, mask, psnr_mask_mode, lpips_model, torch_device)
+            except ValueError as exc:  # e.g. an image smaller than the SSIM window or the LPIPS minimum
+                raise UserError(f"{preds.location(rel)}: {exc}") from None
+            images.append(
+                ImageScore(
+                    scene=name,
+                    dataset=entry.dataset,
+                    view=view,
+                    file=rel,
+                    width=gt.shape[1],
+                    height=gt.shape[0],
+                    **scores,
+                )
+            )
+    scene_summary, dataset_summary = _aggregate(images, entries)
+    sources = {
+        "pred": str(Path(pred).expanduser().resolve()),
+        "data_root": str(root.resolve()),
+        "split": str(split_path.resolve()),
+    }
+    return RenderEvaluation(images, scene_summary, dataset_summary, psnr_mask_mode, lpips_info, sources)
+
+
+# -------------------------------------------------------------------------------------------------- writers
+def _json_value(value: Any) -> Any:
+    """JSON has no infinity: +inf PSNR (identical images) is written as the string "inf"; NaN as null."""
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def to_json_dict(result: RenderEvaluation) -> dict[str, Any]:
+    return _json_value(
+        {
+            "protocol": result.protocol(),
+            "lpips": result.lpips,
+            "sources": result.sources,
+            "datasets": result.datasets,
+            "scenes": result.scenes,
+            "images": [asdict(im) for im in result.images],
+        }
+    )
+
+
+def write_json(result: RenderEvaluation, path: PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """The full result (protocol, LPIPS weights, per dataset/scene/image) plus ``extra`` top-level fields."""
+    p = Path(path)
+    data = {**to_json_dict(result), **_json_value(dict(extra or {}))}
+    p.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    return p
+
+
+METRIC_DIGITS = {"psnr": 2, "psnr_m": 2, "ssim": 4, "ssim_m": 4, "lpips": 4, "lpips_m": 4}
+"""Decimal places each metric is shown with in tables."""
+
+
+def format_metric(value: float | None, metric: str) -> str:
+    """A table cell: the value at the metric's precision, ``inf``, or the not-computed marker."""
+    if value is None:
+        return NOT_COMPUTED
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.{METRIC_DIGITS[metric]}f}"
+
+
+def write_csv(result: RenderEvaluation, path: PathLike) -> Path:
+    """One row per image; not-computed values are empty cells, an infinite PSNR is ``inf``."""
+    p = Path(path)
+    columns = [
+        "scene",
+        "dataset",
+        "view",
+        "file",
+        "width",
+        "height",
+        *METRICS,
+        "mask_fraction",
+        "bbox_r0",
+        "bbox_r1",
+        "bbox_c0",
+        "bbox_c1",
+    ]
+    with p.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for im in result.images:
+            metrics = ["" if getattr(im, k) is None else repr(float(getattr(im, k))) for k in METRICS]
+            fraction = "" if im.mask_fraction is None else repr(im.mask_fraction)
+            box = list(im.bbox) if im.bbox is not None else ["", "", "", ""]
+            writer.writerow(
+                [im.scene, im.dataset, im.view, im.file, im.width, im.height, *metrics, fraction, *box]
+            )
+    return p
+
+
+def lpips_status(result: RenderEvaluation) -> str:
+    info = result.lpips
+    if not info.get("computed"):
+        return "LPIPS: not computed (no weights; set lpips.backbone and lpips.heads)"
+    if info.get("backbone_is_reference") and info.get("heads_is_reference"):
+        return "LPIPS: AlexNet v0.1 (published weights)"
+    return "LPIPS: AlexNet v0.1 with NON-REFERENCE weights (not comparable with published numbers)"
+
+
+def to_markdown(result: RenderEvaluation) -> str:
+    """Per-dataset tables (one row per scene, then the dataset mean) with the protocol choices named."""
+    lines = [
+        "# Rendering evaluation",
+        "",
+        f"- PSNR-M mode: `{result.psnr_mask_mode}`",
+        f"- {lpips_status(result)}",
+        f"- `{NOT_COMPUTED}` = not computed (-M metrics: no object mask; LPIPS: no weights)",
+        "- dataset mean = mean of scene means; Synthetic and DTU are never mixed",
+    ]
+    header = "| Scene | Images | " + " | ".join(LABELS[k] for k in METRICS) + " |"
+    rule = "|---|---:|" + "---:|" * len(METRICS)
+    for dataset, summary in result.datasets.items():
+        lines += ["", f"## {dataset}", "", header, rule]
+        for name in summary["scenes"]:
+            scene = result.scenes[name]
+            cells = " | ".join(format_metric(scene[k], k) for k in METRICS)
+            lines.append(f"| {name} | {scene['num_images']} | {cells} |")
+        cells = " | ".join(f"**{format_metric(summary[k], k)}**" for k in METRICS)
+        count = summary["num_scenes"]
+        lines.append(
+            f"| **{dataset} mean** ({count} scene{'' if count == 1 else 's'}) | {summary['num_images']} "
+            f"| {cells} |"
+        )
+        if 0 < summary["num_scenes_masked"] < summary["num_scenes"]:
+            lines.append("")
+            lines.append(
+                f"-M means over the {summary['num_scenes_masked']} of {summary['num_scenes']} scenes "
+                "that have masks."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(result: RenderEvaluation, path: PathLike) -> Path:
+    p = Path(path)
+    p.write_text(to_markdown(result))
+    return p
