@@ -147,14 +147,15 @@ def _cwd() -> str:
     return os.getcwd()
 
 
-def _ckpt_experiment(ckpt_path: Any) -> str:
+def _ckpt_experiment(ckpt_path: Any, no_checkpoint: Any = "default") -> str:
     """Experiment name of the run a checkpoint came from, for naming ``sparse3d-eval`` output dirs.
 
     Reads ``<run>/.hydra/config.yaml`` (cheap) instead of the checkpoint itself; falls back to
-    ``"default"`` when the checkpoint is not inside a Hydra run directory.
+    ``"default"`` when the checkpoint is not inside a Hydra run directory, and to ``no_checkpoint`` (the task
+    name, e.g. ``render``) when there is no checkpoint at all.
     """
     if not ckpt_path:
-        return "default"
+        return str(no_checkpoint)
     path = Path(str(ckpt_path)).expanduser()
     run_dir = path if path.is_dir() else path.parent.parent
     config_file = run_dir / ".hydra" / "config.yaml"

@@ -209,6 +209,7 @@ def test_eval_experiment_name_comes_from_the_run(hydra_compose: Compose, tmp_pat
     assert cfg.experiment_name == "myexp"
     assert hydra_compose("eval", [f"ckpt_path={run}"]).experiment_name == "myexp"
     assert hydra_compose("eval", ["ckpt_path=/does/not/exist.ckpt"]).experiment_name == "default"
+    assert hydra_compose("eval", ["task=render", "pred=/p", "data_root=/d", "split=s.json"]).experiment_name == "render"
     assert OmegaConf.is_missing(hydra_compose("eval"), "ckpt_path")
 
 

@@ -1,0 +1,725 @@
+"""Tile-based Gaussian splatting rasterizer in Warp: tile intersection, per-tile ranges, compositing fwd/bwd.
+
+Semantics follow gsplat 1.5.3 (``IntersectTile.cu``, ``RasterizeToPixels3DGS{Fwd,Bwd}.cu``); design note
+``sparse_view_gs.md`` section 4. Projection and SH live in torch (:mod:`sparse3d.render.gaussians`); this module
+only sees the projected 2-D Gaussians, flattened over cameras as ``flat = camera * N + gaussian``.
+
+* Intersections: one (key, flat id) pair per (Gaussian, touched tile); ``key = camera << (32 + tile_bits) |
+  tile << 32 | bits(depth)`` where ``bits`` is the raw IEEE-754 pattern of the float32 depth (monotone for
+  positive floats; a numeric cast would truncate and mis-order Gaussians with close depths). A stable
+  ``torch.sort`` orders them by (camera, tile, depth, Gaussian id), so each tile's list is one contiguous run.
+* Compositing: one thread per tile row (16 pixels). Each Gaussian of the tile's depth-sorted list touches only
+  the row pixels inside its alpha >= 1/255 ellipse (an exact float64 span with a safety margin), so the work is
+  proportional to the splats' footprints rather than to (list length x 256); per pixel the arithmetic and its
+  order are those of gsplat's per-pixel loop. Tiles are dealt round-robin to ``num_parts`` CPU threads
+  (:func:`runtime.launch_partitioned`); in the backward pass every part accumulates into ITS OWN per-Gaussian
+  gradient buffer (Warp CPU atomics are plain read-modify-write) and the buffers are summed afterwards. On CUDA
+  there is one part and ``atomic_add`` is a real atomic.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import warp as wp
+
+from sparse3d.kernels.runtime import (
+    check_same_device,
+    check_tensor,
+    cpu_threads,
+    launch,
+    launch_partitioned,
+    to_wp,
+    wp_device,
+)
+
+wp.set_module_options({"enable_backward": False})
+
+ALPHA_MIN = wp.constant(1.0 / 255.0)
+ALPHA_MAX = wp.constant(0.999)
+T_STOP = wp.constant(1.0e-4)
+SIGMA_SKIP = wp.constant(5.55)
+"""o * exp(-sigma) < 1/255 for any o <= 1 once sigma > ln(255) ~ 5.54: such pairs are skipped before the exp."""
+
+
+# ------------------------------------------------------------------------------------------ intersection
+@wp.func
+def _tile_rect(m: wp.vec2, r: wp.vec2i, tile_size: int, tiles_x: int, tiles_y: int) -> wp.vec4i:
+    """Tiles touched by the radius box: (x0, y0, x1, y1), min inclusive, max exclusive, clamped to the grid."""
+    ts = float(tile_size)
+    cx = m[0] / ts
+    cy = m[1] / ts
+    rx = float(r[0]) / ts
+    ry = float(r[1]) / ts
+    x0 = wp.clamp(int(wp.floor(cx - rx)), 0, tiles_x)
+    y0 = wp.clamp(int(wp.floor(cy - ry)), 0, tiles_y)
+    x1 = wp.clamp(int(wp.ceil(cx + rx)), 0, tiles_x)
+    y1 = wp.clamp(int(wp.ceil(cy + ry)), 0, tiles_y)
+    return wp.vec4i(x0, y0, x1, y1)
+
+
+@wp.kernel
+def _count_tiles_kernel(
+    offset: int,
+    means2d: wp.array(dtype=wp.vec2),
+    radii: wp.array(dtype=wp.vec2i),
+    tile_size: int,
+    tiles_x: int,
+    tiles_y: int,
+    counts: wp.array(dtype=wp.int32),
+):
+    i = wp.tid() + offset
+    r = radii[i]
+    if r[0] <= 0 or r[1] <= 0:
+        counts[i] = 0
+        return
+    b = _tile_rect(means2d[i], r, tile_size, tiles_x, tiles_y)
+    counts[i] = (b[2] - b[0]) * (b[3] - b[1])
+
+
+@wp.kernel
+def _write_isects_kernel(
+    offset: int,
+    means2d: wp.array(dtype=wp.vec2),
+    radii: wp.array(dtype=wp.vec2i),
+    depth_keys: wp.array(dtype=wp.int64),
+    starts: wp.array(dtype=wp.int64),
+    n_per_camera: int,
+    tile_size: int,
+    tiles_x: int,
+    tiles_y: int,
+    tile_bits: int,
+    keys: wp.array(dtype=wp.int64),
+    ids: wp.array(dtype=wp.int32),
+):
+    i = wp.tid() + offset
+    r = radii[i]
+    if r[0] <= 0 or r[1] <= 0:
+        return
+    b = _tile_rect(means2d[i], r, tile_size, tiles_x, tiles_y)
+    cam_key = wp.int64(i // n_per_camera) << wp.int64(32 + tile_bits)
+    dk = depth_keys[i]
+    cur = starts[i]
+    for ty in range(b[1], b[3]):
+        for tx in range(b[0], b[2]):
+            keys[cur] = cam_key | (wp.int64(ty * tiles_x + tx) << wp.int64(32)) | dk
+            ids[cur] = i
+            cur = cur + wp.int64(1)
+
+
+@wp.func
+def _global_tile(key: wp.int64, tile_bits: int, n_tiles: int) -> int:
+    hi = key >> wp.int64(32)
+    cam = int(hi >> wp.int64(tile_bits))
+    tile = int(hi & ((wp.int64(1) << wp.int64(tile_bits)) - wp.int64(1)))
+    return cam * n_tiles + tile
+
+
+@wp.kernel
+def _tile_offsets_kernel(
+    offset: int,
+    keys: wp.array(dtype=wp.int64),
+    n_isects: int,
+    tile_bits: int,
+    n_tiles: int,
+    total_tiles: int,
+    offsets: wp.array(dtype=wp.int32),
+):
+    """offsets[t] = first sorted index of tile t (for an empty tile: that of the next non-empty one)."""
+    i = wp.tid() + offset
+    # Clamped so that malformed keys can never write outside ``offsets``.
+    cur = wp.clamp(_global_tile(keys[i], tile_bits, n_tiles), -1, total_tiles - 1)
+    prev = -1
+    if i > 0:
+        prev = wp.clamp(_global_tile(keys[i - 1], tile_bits, n_tiles), -1, total_tiles - 1)
+    for t in range(prev + 1, cur + 1):
+        offsets[t] = i
+    if i == n_isects - 1:
+        for t in range(cur + 1, total_tiles):
+            offsets[t] = n_isects
+
+
+# ------------------------------------------------------------------------------------------ compositing
+@wp.func
+def _span_sigma(s_max: float) -> wp.float64:
+    """Sigma level of the boxes/spans: 1% + 0.01 above s_max covers float32 rounding of sigma in the kernels."""
+    return wp.float64(s_max) * wp.float64(1.01) + wp.float64(0.01)
+
+
+@wp.func
+def _row_span(m: wp.vec2, q: wp.vec3, s_max: float, py: float, c0: int, c1: int) -> wp.vec2i:
+    """Columns [c0, c1] of row centre ``py`` narrowed to where sigma <= s_max can hold (float64 quadratic).
+
+    For fixed dy, sigma(dx) = a/2 dx^2 + b dy dx + c/2 dy^2 is a parabola in dx = mx - px; its sub-level set is
+    an interval. Returns an empty span (x > y) when the row misses the ellipse.
+    """
+    qa = wp.float64(q[0])
+    qb = wp.float64(q[1])
+    qc = wp.float64(q[2])
+    if qa * qc - qb * qb <= wp.float64(0.0) or qa <= wp.float64(0.0):
+        return wp.vec2i(c0, c1)
+    s = _span_sigma(s_max)
+    dy = wp.float64(m[1]) - wp.float64(py)
+    bdy = qb * dy
+    disc = bdy * bdy - qa * (qc * dy * dy - wp.float64(2.0) * s)
+    if disc < wp.float64(0.0):
+        return wp.vec2i(1, 0)
+    sq = wp.sqrt(disc)
+    mx = wp.float64(m[0]) - wp.float64(0.5)
+    big = wp.float64(1.0e9)
+    lo = wp.max(wp.min(wp.ceil(mx - (sq - bdy) / qa), big), -big)
+    hi = wp.max(wp.min(wp.floor(mx + (sq + bdy) / qa), big), -big)
+    return wp.vec2i(wp.max(c0, int(lo)), wp.min(c1, int(hi)))
+
+
+@wp.kernel
+def _footprint_kernel(
+    offset: int,
+    means2d: wp.array(dtype=wp.vec2),
+    conics: wp.array(dtype=wp.vec3),
+    opacities: wp.array(dtype=wp.float32),
+    boxes: wp.array(dtype=wp.vec4i),
+    sigma_max: wp.array(dtype=wp.float32),
+):
+    """Pixel box (x0, y0, x1, y1 inclusive) outside which a Gaussian's alpha is below 1/255, and that sigma.
+
+    alpha = min(0.999, o exp(-sigma)) >= 1/255  <=>  sigma <= ln(255 o); the set {sigma <= s} is an ellipse
+    whose x half-extent is sqrt(2 s Sigma_xx) with Sigma = conic^-1 (computed in float64 for accuracy). Small
+    margins keep the box conservative under float32 rounding, so skipping pixels outside it changes nothing.
+    """
+    i = wp.tid() + offset
+    o = opacities[i]
+    if o <= 0.0:
+        boxes[i] = wp.vec4i(1, 1, 0, 0)
+        sigma_max[i] = -1.0
+        return
+    s = wp.log(255.0 * o)
+    sigma_max[i] = s + 1.0e-3
+    s_box = _span_sigma(s + 1.0e-3)
+    if s_box < wp.float64(0.0):
+        boxes[i] = wp.vec4i(1, 1, 0, 0)
+        return
+    q = conics[i]
+    qa = wp.float64(q[0])
+    qb = wp.float64(q[1])
+    qc = wp.float64(q[2])
+    det = qa * qc - qb * qb
+    if det <= wp.float64(0.0) or qa <= wp.float64(0.0):
+        # Not positive definite: sigma can be < 0 anywhere, no ellipse bound; cover everything.
+        boxes[i] = wp.vec4i(-2147483647, -2147483647, 2147483647, 2147483647)
+        return
+    hx = wp.sqrt(wp.float64(2.0) * s_box * qc / det)
+    hy = wp.sqrt(wp.float64(2.0) * s_box * qa / det)
+    m = means2d[i]
+    mx = wp.float64(m[0]) - wp.float64(0.5)
+    my = wp.float64(m[1]) - wp.float64(0.5)
+    big = wp.float64(1.0e9)
+    x0 = wp.max(wp.min(wp.floor(mx - hx), big), -big)
+    x1 = wp.max(wp.min(wp.ceil(mx + hx), big), -big)
+    y0 = wp.max(wp.min(wp.floor(my - hy), big), -big)
+    y1 = wp.max(wp.min(wp.ceil(my + hy), big), -big)
+    boxes[i] = wp.vec4i(int(x0) - 1, int(y0) - 1, int(x1) + 1, int(y1) + 1)
+
+
+@wp.func
+def _row_of(tid: int, tile_size: int, tiles_x: int, n_tiles: int, width: int, height: int) -> wp.vec4i:
+    """(camera * n_tiles + tile, image row, first column, end column) of the tile row run by thread ``tid``."""
+    gtile = tid // tile_size
+    cam = gtile // n_tiles
+    tile = gtile - cam * n_tiles
+    ty = tile // tiles_x
+    tx = tile - ty * tiles_x
+    row = ty * tile_size + (tid - gtile * tile_size)
+    col0 = tx * tile_size
+    col1 = wp.min(col0 + tile_size, width)
+    if row >= height:
+        col1 = col0  # empty: below the image in a partial edge tile
+    return wp.vec4i(gtile, row, col0, col1)
+
+
+@wp.kernel
+def _raster_fwd_kernel(
+    part: int,
+    n_parts: int,
+    means2d: wp.array(dtype=wp.vec2),
+    conics: wp.array(dtype=wp.vec3),
+    opacities: wp.array(dtype=wp.float32),
+    colors: wp.array2d(dtype=wp.float32),
+    depths: wp.array(dtype=wp.float32),
+    boxes: wp.array(dtype=wp.vec4i),
+    sigma_max: wp.array(dtype=wp.float32),
+    backgrounds: wp.array2d(dtype=wp.float32),
+    use_bg: int,
+    offsets: wp.array(dtype=wp.int32),
+    flatten_ids: wp.array(dtype=wp.int32),
+    n_isects: int,
+    width: int,
+    height: int,
+    tile_size: int,
+    tiles_x: int,
+    n_tiles: int,
+    done: wp.array(dtype=wp.int32),
+    out_colors: wp.array2d(dtype=wp.float32),
+    out_alphas: wp.array(dtype=wp.float32),
+    out_trans: wp.array(dtype=wp.float32),
+    last_ids: wp.array(dtype=wp.int32),
+    median: wp.array(dtype=wp.float32),
+):
+    """One thread per tile row; Gaussians front to back, each touching only the row pixels in its box.
+
+    Per pixel the arithmetic and its order are exactly a front-to-back per-pixel loop's (design note 4.3): the
+    box only skips pixels whose alpha is provably below 1/255. Pixel state lives in the output arrays.
+    """
+    tid = wp.tid()
+    rw = _row_of(tid, tile_size, tiles_x, n_tiles, width, height)
+    gtile = rw[0]
+    row = rw[1]
+    col0 = rw[2]
+    col1 = rw[3]
+    if gtile % n_parts != part or col1 <= col0:
+        return
+    cam = gtile // n_tiles
+    pix0 = (cam * height + row) * width
+    n_ch = colors.shape[1]
+    for col in range(col0, col1):
+        pix = pix0 + col
+        for k in range(n_ch):
+            out_colors[pix, k] = 0.0
+        out_trans[pix] = 1.0
+        last_ids[pix] = -1
+        median[pix] = 0.0
+        done[pix] = 0
+    start = int(offsets[gtile])
+    end = n_isects
+    if gtile + 1 < offsets.shape[0]:
+        end = int(offsets[gtile + 1])
+    active = col1 - col0
+    py = float(row) + 0.5
+    for idx in range(start, end):
+        g = int(flatten_ids[idx])
+        box = boxes[g]
+        if row < box[1] or row > box[3]:
+            continue
+        m = means2d[g]
+        q = conics[g]
+        s_max = sigma_max[g]
+        span = _row_span(m, q, s_max, py, wp.max(col0, box[0]), wp.min(col1 - 1, box[2]))
+        c0 = span[0]
+        c1 = span[1]
+        if c0 > c1:
+            continue
+        o = opacities[g]
+        dy = m[1] - py
+        for col in range(c0, c1 + 1):
+            pix = pix0 + col
+            if done[pix] != 0:
+                continue
+            dx = m[0] - (float(col) + 0.5)
+            sigma = 0.5 * (q[0] * dx * dx + q[2] * dy * dy) + q[1] * dx * dy
+            if sigma < 0.0 or sigma > s_max:
+                continue
+            alpha = wp.min(ALPHA_MAX, o * wp.exp(-sigma))
+            if alpha < ALPHA_MIN:
+                continue
+            trans = out_trans[pix]
+            next_t = trans * (1.0 - alpha)
+            if next_t <= T_STOP:
+                done[pix] = 1
+                active -= 1
+                continue
+            w = alpha * trans
+            for k in range(n_ch):
+                out_colors[pix, k] = out_colors[pix, k] + colors[g, k] * w
+            if trans > 0.5 and next_t <= 0.5:
+                median[pix] = depths[g]
+            out_trans[pix] = next_t
+            last_ids[pix] = idx
+        if active == 0:
+            break
+    for col in range(col0, col1):
+        pix = pix0 + col
+        trans = out_trans[pix]
+        if use_bg != 0:
+            for k in range(n_ch):
+                out_colors[pix, k] = out_colors[pix, k] + trans * backgrounds[cam, k]
+        out_alphas[pix] = 1.0 - trans
+
+
+@wp.kernel
+def _raster_bwd_kernel(
+    part: int,
+    n_parts: int,
+    means2d: wp.array(dtype=wp.vec2),
+    conics: wp.array(dtype=wp.vec3),
+    opacities: wp.array(dtype=wp.float32),
+    colors: wp.array2d(dtype=wp.float32),
+    boxes: wp.array(dtype=wp.vec4i),
+    sigma_max: wp.array(dtype=wp.float32),
+    backgrounds: wp.array2d(dtype=wp.float32),
+    use_bg: int,
+    offsets: wp.array(dtype=wp.int32),
+    flatten_ids: wp.array(dtype=wp.int32),
+    width: int,
+    height: int,
+    tile_size: int,
+    tiles_x: int,
+    n_tiles: int,
+    trans_final: wp.array(dtype=wp.float32),
+    last_ids: wp.array(dtype=wp.int32),
+    v_out_colors: wp.array2d(dtype=wp.float32),
+    v_out_alphas: wp.array(dtype=wp.float32),
+    trans_cur: wp.array(dtype=wp.float32),
+    v_final: wp.array(dtype=wp.float32),
+    buffer: wp.array2d(dtype=wp.float32),
+    n_flat: int,
+    absgrad: int,
+    v_means2d: wp.array(dtype=wp.vec2),
+    v_means2d_abs: wp.array(dtype=wp.vec2),
+    v_conics: wp.array(dtype=wp.vec3),
+    v_colors: wp.array2d(dtype=wp.float32),
+    v_opacities: wp.array(dtype=wp.float32),
+):
+    """Back to front over each pixel's contributors (ids <= last_ids), design note 4.4 formulas.
+
+    Per-Gaussian gradients are summed over the row's pixels in registers and added once per (Gaussian, row)
+    into this part's buffer (row ``part * n_flat + flat id``).
+    """
+    tid = wp.tid()
+    rw = _row_of(tid, tile_size, tiles_x, n_tiles, width, height)
+    gtile = rw[0]
+    row = rw[1]
+    col0 = rw[2]
+    col1 = rw[3]
+    if gtile % n_parts != part or col1 <= col0:
+        return
+    cam = gtile // n_tiles
+    pix0 = (cam * height + row) * width
+    n_ch = colors.shape[1]
+    start = int(offsets[gtile])
+    row_last = wp.int32(-1)
+    for col in range(col0, col1):
+        pix = pix0 + col
+        t_fin = trans_final[pix]
+        trans_cur[pix] = t_fin
+        bg_dot = wp.float32(0.0)
+        if use_bg != 0:
+            for k in range(n_ch):
+                bg_dot += backgrounds[cam, k] * v_out_colors[pix, k]
+        # d(out)/d(alpha_i) carries T_final / (1 - alpha_i) * (v_alpha_out - bg . v_color_out)
+        v_final[pix] = t_fin * (v_out_alphas[pix] - bg_dot)
+        for k in range(n_ch):
+            buffer[pix, k] = 0.0
+        row_last = wp.max(row_last, int(last_ids[pix]))
+    if row_last < start:
+        return
+    py = float(row) + 0.5
+    base = part * n_flat
+    for r in range(row_last - start + 1):
+        idx = row_last - r
+        g = int(flatten_ids[idx])
+        box = boxes[g]
+        if row < box[1] or row > box[3]:
+            continue
+        m = means2d[g]
+        q = conics[g]
+        s_max = sigma_max[g]
+        span = _row_span(m, q, s_max, py, wp.max(col0, box[0]), wp.min(col1 - 1, box[2]))
+        c0 = span[0]
+        c1 = span[1]
+        if c0 > c1:
+            continue
+        o = opacities[g]
+        dy = m[1] - py
+        gb = base + g
+        hit = wp.int32(0)
+        acc_xy = wp.vec2(0.0, 0.0)
+        acc_abs = wp.vec2(0.0, 0.0)
+        acc_q = wp.vec3(0.0, 0.0, 0.0)
+        acc_o = wp.float32(0.0)
+        for col in range(c0, c1 + 1):
+            pix = pix0 + col
+            if idx > last_ids[pix]:
+                continue
+            dx = m[0] - (float(col) + 0.5)
+            sigma = 0.5 * (q[0] * dx * dx + q[2] * dy * dy) + q[1] * dx * dy
+            if sigma < 0.0 or sigma > s_max:
+                continue
+            vis = wp.exp(-sigma)
+            alpha = wp.min(ALPHA_MAX, o * vis)
+            if alpha < ALPHA_MIN:
+                continue
+            ra = 1.0 / (1.0 - alpha)
+            trans = trans_cur[pix] * ra
+            trans_cur[pix] = trans
+            fac = alpha * trans
+            v_alpha = wp.float32(0.0)
+            for k in range(n_ch):
+                v_c = v_out_colors[pix, k]
+                c = colors[g, k]
+                wp.atomic_add(v_colors, gb, k, fac * v_c)
+                v_alpha += (c * trans - buffer[pix, k] * ra) * v_c
+                buffer[pix, k] = buffer[pix, k] + c * fac
+            v_alpha += ra * v_final[pix]
+            if o * vis <= ALPHA_MAX:
+                v_sigma = -o * vis * v_alpha
+                acc_q += wp.vec3(0.5 * v_sigma * dx * dx, v_sigma * dx * dy, 0.5 * v_sigma * dy * dy)
+                v_xy = wp.vec2(v_sigma * (q[0] * dx + q[1] * dy), v_sigma * (q[1] * dx + q[2] * dy))
+                acc_xy += v_xy
+                acc_abs += wp.vec2(wp.abs(v_xy[0]), wp.abs(v_xy[1]))
+                acc_o += vis * v_alpha
+                hit = 1
+        if hit != 0:
+            wp.atomic_add(v_means2d, gb, acc_xy)
+            wp.atomic_add(v_conics, gb, acc_q)
+            wp.atomic_add(v_opacities, gb, acc_o)
+            if absgrad != 0:
+                wp.atomic_add(v_means2d_abs, gb, acc_abs)
+
+
+# ------------------------------------------------------------------------------------------ torch API
+class Intersections(NamedTuple):
+    tiles_per_gauss: torch.Tensor  # (C, N) int32
+    isect_ids: torch.Tensor  # (M,) int64, sorted
+    flatten_ids: torch.Tensor  # (M,) int32, index into the flattened C * N
+    isect_offsets: torch.Tensor  # (C, tiles_y, tiles_x) int32
+
+
+class RasterOutputs(NamedTuple):
+    colors: torch.Tensor  # (C, H, W, D)
+    alphas: torch.Tensor  # (C, H, W, 1)
+    transmittance: torch.Tensor  # (C, H, W) final T (kept separately: 1 - alpha loses precision near T = 0)
+    last_ids: torch.Tensor  # (C, H, W) int32 index of the last contributing intersection, -1 if none
+    median_depths: torch.Tensor  # (C, H, W, 1)
+
+
+def tile_bits_for(n_tiles: int) -> int:
+    """floor(log2(n_tiles)) + 1 bits for the tile id in a key (gsplat's rule)."""
+    return int(n_tiles).bit_length()
+
+
+def _check_projected(means2d: torch.Tensor, **others: torch.Tensor) -> tuple[int, int]:
+    check_tensor("means2d", means2d, torch.float32, ndim=3, last_dim=2)
+    c_n, n = means2d.shape[:2]
+    for name, t in others.items():
+        if t is None:
+            continue
+        check_tensor(name, t)
+        if tuple(t.shape[:2]) != (c_n, n):
+            raise ValueError(f"{name} must start with (C, N) = {(c_n, n)} like means2d, got {tuple(t.shape)}")
+    check_same_device(means2d=means2d, **{k: v for k, v in others.items() if v is not None})
+    return c_n, n
+
+
+def intersect_tiles(
+    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, tile_size: int, tiles_x: int, tiles_y: int
+) -> Intersections:
+    """(Gaussian, tile) pairs sorted by (camera, tile, depth, id), and each tile's start offset."""
+    c_n, n = _check_projected(means2d, radii=radii, depths=depths)
+    check_tensor("radii", radii, torch.int32, ndim=3, last_dim=2)
+    check_tensor("depths", depths, torch.float32, ndim=2)
+    n_tiles = tiles_x * tiles_y
+    tile_bits, cam_bits = tile_bits_for(n_tiles), int(c_n).bit_length()
+    if tile_bits + cam_bits > 32:
+        raise ValueError(f"{c_n} cameras x {n_tiles} tiles do not fit the 32 key bits above the depth")
+    dev = means2d.device
+    flat_m = means2d.reshape(-1, 2).contiguous()
+    flat_r = radii.reshape(-1, 2).contiguous()
+    counts = torch.empty(c_n * n, dtype=torch.int32, device=dev)
+    wdev = wp_device(means2d)
+    m_wp, r_wp = to_wp(flat_m, wp.vec2), to_wp(flat_r, wp.vec2i)
+    launch(_count_tiles_kernel, c_n * n, [m_wp, r_wp, tile_size, tiles_x, tiles_y, to_wp(counts)], wdev)
+    cum = torch.cumsum(counts, 0, dtype=torch.int64)
+    n_isects = int(cum[-1]) if cum.numel() else 0
+    if n_isects >= 2**31:
+        raise ValueError(f"{n_isects} tile intersections exceed the int32 offset range; lower the resolution")
+    starts = (cum - counts).contiguous()
+    # Raw float32 bit pattern, zero-extended: monotone in the depth for positive floats.
+    depth_keys = (depths.reshape(-1).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF).contiguous()
+    keys = torch.empty(n_isects, dtype=torch.int64, device=dev)
+    ids = torch.empty(n_isects, dtype=torch.int32, device=dev)
+    if n_isects:
+        launch(
+            _write_isects_kernel,
+            c_n * n,
+            [m_wp, r_wp, to_wp(depth_keys), to_wp(starts), n, tile_size, tiles_x, tiles_y, tile_bits,
+             to_wp(keys), to_wp(ids)],
+            wdev,
+        )
+    keys_sorted, perm = torch.sort(keys, stable=True)
+    ids_sorted = ids[perm].contiguous()
+    offsets = tile_offsets(keys_sorted, c_n, tiles_x, tiles_y)
+    return Intersections(counts.reshape(c_n, n), keys_sorted, ids_sorted, offsets)
+
+
+def tile_offsets(isect_ids: torch.Tensor, n_cameras: int, tiles_x: int, tiles_y: int) -> torch.Tensor:
+    """(C, tiles_y, tiles_x) int32 start of each tile's run in the sorted intersection list."""
+    check_tensor("isect_ids", isect_ids, torch.int64, ndim=1)
+    n_tiles = tiles_x * tiles_y
+    total = n_cameras * n_tiles
+    offsets = torch.zeros(total, dtype=torch.int32, device=isect_ids.device)
+    m = isect_ids.shape[0]
+    if m:
+        launch(
+            _tile_offsets_kernel,
+            m,
+            [to_wp(isect_ids.contiguous()), m, tile_bits_for(n_tiles), n_tiles, total, to_wp(offsets)],
+            wp_device(isect_ids),
+        )
+    return offsets.reshape(n_cameras, tiles_y, tiles_x)
+
+
+def _prep(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    backgrounds: torch.Tensor | None,
+    isect_offsets: torch.Tensor,
+    flatten_ids: torch.Tensor,
+    tile_size: int,
+) -> dict:
+    """Validate the compositing inputs, make Warp views, and compute every Gaussian's alpha footprint box."""
+    c_n, n = _check_projected(means2d, conics=conics, colors=colors, opacities=opacities)
+    check_tensor("conics", conics, torch.float32, ndim=3, last_dim=3)
+    check_tensor("colors", colors, torch.float32, ndim=3)
+    check_tensor("opacities", opacities, torch.float32, ndim=2)
+    check_tensor("isect_offsets", isect_offsets, torch.int32, ndim=3)
+    check_tensor("flatten_ids", flatten_ids, torch.int32, ndim=1)
+    n_ch = colors.shape[2]
+    if n_ch < 1:
+        raise ValueError(f"colors must have at least one channel, got shape {tuple(colors.shape)}")
+    if isect_offsets.shape[0] != c_n:
+        raise ValueError(f"isect_offsets must have {c_n} cameras, got shape {tuple(isect_offsets.shape)}")
+    dev = means2d.device
+    if backgrounds is not None:
+        check_tensor("backgrounds", backgrounds, torch.float32, ndim=2)
+        if tuple(backgrounds.shape) != (c_n, n_ch):
+            raise ValueError(f"backgrounds must have shape {(c_n, n_ch)}, got {tuple(backgrounds.shape)}")
+        bg = backgrounds.detach().contiguous()
+    else:
+        bg = torch.zeros(1, n_ch, dtype=torch.float32, device=dev)
+    wdev = wp_device(means2d)
+    m_wp = to_wp(means2d.detach().reshape(-1, 2).contiguous(), wp.vec2)
+    q_wp = to_wp(conics.detach().reshape(-1, 3).contiguous(), wp.vec3)
+    o_wp = to_wp(opacities.detach().reshape(-1).contiguous())
+    boxes = torch.empty(c_n * n, 4, dtype=torch.int32, device=dev)
+    s_max = torch.empty(c_n * n, dtype=torch.float32, device=dev)
+    launch(_footprint_kernel, c_n * n, [m_wp, q_wp, o_wp, to_wp(boxes, wp.vec4i), to_wp(s_max)], wdev)
+    tiles_y, tiles_x = isect_offsets.shape[1], isect_offsets.shape[2]
+    dim = c_n * tiles_y * tiles_x * tile_size  # one thread per tile row
+    return {
+        "c_n": c_n,
+        "n": n,
+        "n_ch": n_ch,
+        "means2d": m_wp,
+        "conics": q_wp,
+        "opacities": o_wp,
+        "colors": to_wp(colors.detach().reshape(-1, n_ch).contiguous()),
+        "boxes": to_wp(boxes, wp.vec4i),
+        "sigma_max": to_wp(s_max),
+        "bg": to_wp(bg),
+        "use_bg": int(backgrounds is not None),
+        "offsets": to_wp(isect_offsets.reshape(-1).contiguous()),
+        "flatten_ids": to_wp(flatten_ids.contiguous()),
+        "tiles_x": tiles_x,
+        "n_tiles": tiles_x * tiles_y,
+        "dim": dim,
+        # Tile rows are dealt to parts by tile id; CPU launches always use every core (rows are heavy).
+        "parts": cpu_threads() if wdev == "cpu" else 1,
+        "device": wdev,
+        "torch_device": dev,
+    }
+
+
+def rasterize_to_pixels_fwd(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    depths: torch.Tensor,
+    backgrounds: torch.Tensor | None,
+    isect_offsets: torch.Tensor,
+    flatten_ids: torch.Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+) -> RasterOutputs:
+    """Front-to-back compositing of every pixel (no autograd; see ``rasterize_gaussians`` for that)."""
+    a = _prep(means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, tile_size)
+    check_tensor("depths", depths, torch.float32, ndim=2)
+    c_n, n_ch, dev = a["c_n"], a["n_ch"], a["torch_device"]
+    n_pix = c_n * height * width
+
+    def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.empty(n_pix, *shape, dtype=dtype, device=dev)
+
+    out_c, out_a, out_t, med = empty(n_ch), empty(), empty(), empty()
+    last, done = empty(dtype=torch.int32), empty(dtype=torch.int32)
+    launch_partitioned(
+        _raster_fwd_kernel,
+        a["dim"],
+        [a["means2d"], a["conics"], a["opacities"], a["colors"], to_wp(depths.detach().reshape(-1).contiguous()),
+         a["boxes"], a["sigma_max"], a["bg"], a["use_bg"], a["offsets"], a["flatten_ids"], flatten_ids.shape[0],
+         width, height, tile_size, a["tiles_x"], a["n_tiles"], to_wp(done),
+         to_wp(out_c), to_wp(out_a), to_wp(out_t), to_wp(last), to_wp(med)],
+        a["device"],
+        parts=a["parts"],
+    )
+    shape = (c_n, height, width)
+    return RasterOutputs(
+        out_c.reshape(*shape, n_ch), out_a.reshape(*shape, 1), out_t.reshape(shape), last.reshape(shape),
+        med.reshape(*shape, 1),
+    )
+
+
+def rasterize_to_pixels_bwd(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    backgrounds: torch.Tensor | None,
+    isect_offsets: torch.Tensor,
+    flatten_ids: torch.Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+    transmittance: torch.Tensor,
+    last_ids: torch.Tensor,
+    v_colors: torch.Tensor,
+    v_alphas: torch.Tensor,
+    absgrad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients w.r.t. means2d (C,N,2), conics (C,N,3), colors (C,N,D), opacities (C,N) [+ |means2d| sums]."""
+    a = _prep(means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, tile_size)
+    c_n, n, n_ch, dev, parts = a["c_n"], a["n"], a["n_ch"], a["torch_device"], a["parts"]
+    n_flat = c_n * n
+    n_pix = c_n * height * width
+
+    def zeros(*shape: int) -> torch.Tensor:
+        return torch.zeros(parts * n_flat, *shape, dtype=torch.float32, device=dev)
+
+    g_m, g_q, g_c, g_o = zeros(2), zeros(3), zeros(n_ch), zeros()
+    g_abs = zeros(2) if absgrad else torch.zeros(1, 2, dtype=torch.float32, device=dev)
+    trans_cur = torch.empty(n_pix, dtype=torch.float32, device=dev)
+    v_final = torch.empty(n_pix, dtype=torch.float32, device=dev)
+    buffer = torch.empty(n_pix, n_ch, dtype=torch.float32, device=dev)
+    launch_partitioned(
+        _raster_bwd_kernel,
+        a["dim"],
+        [a["means2d"], a["conics"], a["opacities"], a["colors"], a["boxes"], a["sigma_max"], a["bg"], a["use_bg"],
+         a["offsets"], a["flatten_ids"], width, height, tile_size, a["tiles_x"], a["n_tiles"],
+         to_wp(transmittance.reshape(-1).contiguous()), to_wp(last_ids.reshape(-1).contiguous()),
+         to_wp(v_colors.reshape(n_pix, n_ch).float().contiguous()),
+         to_wp(v_alphas.reshape(n_pix).float().contiguous()),
+         to_wp(trans_cur), to_wp(v_final), to_wp(buffer), n_flat, int(absgrad),
+         to_wp(g_m, wp.vec2), to_wp(g_abs, wp.vec2), to_wp(g_q, wp.vec3), to_wp(g_c), to_wp(g_o)],
+        a["device"],
+        parts=parts,
+    )
+
+    def fold(t: torch.Tensor, *shape: int) -> torch.Tensor:
+        t = t.reshape(parts, n_flat, *shape)
+        return (t[0] if parts == 1 else t.sum(0)).reshape(c_n, n, *shape)
+
+    return fold(g_m, 2), fold(g_q, 3), fold(g_c, n_ch), fold(g_o), (fold(g_abs, 2) if absgrad else None)

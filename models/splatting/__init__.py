@@ -1,0 +1,2 @@
+"""Gaussian splatting models: the shared Gaussian parameterisation and fitting loop, and the sparse-view methods
+built on it."""
