@@ -56,12 +56,17 @@ def main() -> int:
                     count += 1
     print(f"composed {count} configs ({', '.join(primaries)}; experiments: {', '.join(experiments)})")
 
-    for script in ("sparse3d-train", "sparse3d-eval", "sparse3d-bench", "sparse3d-data"):
+    from importlib.metadata import distribution
+
+    scripts = sorted(ep.name for ep in distribution("sparse3d").entry_points if ep.group == "console_scripts")
+    if not scripts:
+        raise SystemExit("the installed sparse3d declares no console scripts")
+    for script in scripts:
         path = shutil.which(script)
         if path is None:
             raise SystemExit(f"console script {script} not installed")
         subprocess.run([path, "--help"], check=True, stdout=subprocess.DEVNULL)
-    print("console scripts answer --help")
+    print(f"console scripts answer --help: {', '.join(scripts)}")
     return 0
 
 

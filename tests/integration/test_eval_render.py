@@ -158,7 +158,7 @@ def _run_eval(
 
 
 def _run_dir(out: Path) -> Path:
-    runs = list((out / "eval" / "default").iterdir())
+    runs = list((out / "eval" / "render").iterdir())
     assert len(runs) == 1, runs
     return runs[0]
 

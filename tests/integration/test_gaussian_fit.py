@@ -1,6 +1,6 @@
 """Fitting 3D Gaussians to images rendered by an independent renderer (Open3D ray casting of a textured mesh).
 
-The slow test is the end-to-end check of the splatting stack (projection, SH, Warp compositing and its
+The slow test (250 Adam steps) is the end-to-end check of the splatting stack (projection, SH, Warp compositing and its
 hand-written backward, the parameterisation and Adam set-up): if any gradient were wrong, 20k Gaussians
 initialised on the surface with albedo colours would not reach 25 dB on the shaded training views. The target
 images come from :mod:`sparse3d.render.mesh_raycast` (Blinn-Phong shading of a procedural object from
@@ -135,7 +135,7 @@ def test_fit_20k_gaussians_to_four_raycast_views() -> None:
     opt = make_adam(model, scene_extent=obj.bounding_radius)
     with torch.no_grad():
         start = psnr(model.render(cams)[0], targets)
-    for _ in range(150):
+    for _ in range(250):
         fit_step(model, opt, cams, targets)
     with torch.no_grad():
         end = psnr(model.render(cams)[0], targets)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 RECORD_FIELDS: tuple[str, ...] = (
     "suite",
     "name",
@@ -193,6 +195,21 @@ def measure(
 
 
 # ---------------------------------------------------------------------------------------------- records
+def prepare_run(repeats: int, device: str) -> torch.device:
+    """Validate a suite's ``repeats``/``device`` arguments and start Warp; returns the torch device."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch.cuda.is_available() is False")
+    from sparse3d.kernels.runtime import init
+
+    init()
+    return dev
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """``numerator / denominator`` or None when either is missing or the denominator is not positive."""
     if numerator is None or denominator is None or not denominator > 0:

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from sparse3d.bench.common import BenchRecord, Measurement, measure
+from sparse3d.bench.common import BenchRecord, Measurement, measure, prepare_run
 
 log = logging.getLogger("sparse3d.bench.kernels")
 
@@ -760,16 +760,7 @@ def run_kernels_suite(
     ``cuda[:N]``); the torch references and the peers are CPU-only and are only timed on a ``cpu`` run.
     ``cuda_compile`` appends one AOT-compile record per Warp kernel module.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but torch.cuda.is_available() is False")
-    from sparse3d.kernels.runtime import init
-
-    init()
+    dev = prepare_run(repeats, device)
     run = _Run(min(repeats, QUICK_MAX_REPEATS) if quick else repeats, dev, check_runs=2 if quick else 5)
     plan = resolve_sizes(sizes, quick)
     records: list[BenchRecord] = []

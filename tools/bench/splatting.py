@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from sparse3d.bench.common import BenchRecord, Measurement, measure
+from sparse3d.bench.common import BenchRecord, Measurement, measure, prepare_run
 
 log = logging.getLogger("sparse3d.bench.splatting")
 
@@ -312,16 +312,7 @@ def _bench_projection(run: _Run, n: int, width: int, height: int) -> BenchRecord
 # ------------------------------------------------------------------------------------------------ entry
 def run_splatting_suite(repeats: int = 5, quick: bool = False, device: str = "cpu") -> list[dict]:
     """Run the splatting benchmarks; ``quick`` uses one 128×96 / 2k-Gaussian case and 1 repeat (< 60 s)."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but torch.cuda.is_available() is False")
-    from sparse3d.kernels.runtime import init
-
-    init()
+    dev = prepare_run(repeats, device)
     peer_max_gb = float(os.environ.get("SPARSE3D_BENCH_PEER_MAX_GB", "6"))
     run = _Run(min(repeats, QUICK_MAX_REPEATS) if quick else repeats, dev, peer_max_gb)
     resolutions = QUICK_RESOLUTIONS if quick else RESOLUTIONS
