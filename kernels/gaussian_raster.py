@@ -1,20 +1,22 @@
 """Tile-based Gaussian splatting rasterizer in Warp: tile intersection, per-tile ranges, compositing fwd/bwd.
 
 Semantics follow gsplat 1.5.3 (``IntersectTile.cu``, ``RasterizeToPixels3DGS{Fwd,Bwd}.cu``); design note
-``sparse_view_gs.md`` section 4. Projection and SH live in torch (:mod:`sparse3d.render.gaussians`); this module
-only sees the projected 2-D Gaussians, flattened over cameras as ``flat = camera * N + gaussian``.
+``sparse_view_gs.md`` section 4. Projection lives in torch (:mod:`sparse3d.render.gaussians`); compositing only
+sees the projected 2-D Gaussians, flattened over cameras as ``flat = camera * N + gaussian``.
 
 * Intersections: one (key, flat id) pair per (Gaussian, touched tile); ``key = camera << (32 + tile_bits) |
   tile << 32 | bits(depth)`` where ``bits`` is the raw IEEE-754 pattern of the float32 depth (monotone for
   positive floats; a numeric cast would truncate and mis-order Gaussians with close depths). A stable
   ``torch.sort`` orders them by (camera, tile, depth, Gaussian id), so each tile's list is one contiguous run.
-* Compositing: one thread per tile row (16 pixels). Each Gaussian of the tile's depth-sorted list touches only
-  the row pixels inside its alpha >= 1/255 ellipse (an exact float64 span with a safety margin), so the work is
-  proportional to the splats' footprints rather than to (list length x 256); per pixel the arithmetic and its
-  order are those of gsplat's per-pixel loop. Tiles are dealt round-robin to ``num_parts`` CPU threads
+* Compositing: one thread per tile, reading the tile's depth-sorted list once. Each Gaussian touches only the
+  tile rows of its alpha >= 1/255 box and, per row, the pixels inside its ellipse (an exact float64 span with
+  a safety margin), so the work is proportional to the splats' footprints rather than to (list length x 256);
+  per pixel the arithmetic and its order are those of gsplat's per-pixel loop. Tiles are dealt round-robin to ``num_parts`` CPU threads
   (:func:`runtime.launch_partitioned`); in the backward pass every part accumulates into ITS OWN per-Gaussian
   gradient buffer (Warp CPU atomics are plain read-modify-write) and the buffers are summed afterwards. On CUDA
   there is one part and ``atomic_add`` is a real atomic.
+* SH colours (:func:`sh_colors_fwd` / :func:`sh_colors_bwd`): one thread per Gaussian over all cameras, the same
+  basis as ``sparse3d.render.gaussians.eval_sh_colors``, with a hand-written vector-Jacobian product.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from sparse3d.kernels.runtime import (
     wp_device,
 )
 
-wp.set_module_options({"enable_backward": False})
+wp.set_module_options({"enable_backward": False, "optimization_level": 3})
 
 ALPHA_MIN = wp.constant(1.0 / 255.0)
 ALPHA_MAX = wp.constant(0.999)
@@ -223,19 +225,14 @@ def _footprint_kernel(
 
 
 @wp.func
-def _row_of(tid: int, tile_size: int, tiles_x: int, n_tiles: int, width: int, height: int) -> wp.vec4i:
-    """(camera * n_tiles + tile, image row, first column, end column) of the tile row run by thread ``tid``."""
-    gtile = tid // tile_size
-    cam = gtile // n_tiles
-    tile = gtile - cam * n_tiles
+def _tile_of(gtile: int, tile_size: int, tiles_x: int, n_tiles: int, width: int, height: int) -> wp.vec4i:
+    """(first row, end row, first column, end column) of global tile ``gtile`` clipped to the image."""
+    tile = gtile - (gtile // n_tiles) * n_tiles
     ty = tile // tiles_x
     tx = tile - ty * tiles_x
-    row = ty * tile_size + (tid - gtile * tile_size)
+    row0 = ty * tile_size
     col0 = tx * tile_size
-    col1 = wp.min(col0 + tile_size, width)
-    if row >= height:
-        col1 = col0  # empty: below the image in a partial edge tile
-    return wp.vec4i(gtile, row, col0, col1)
+    return wp.vec4i(row0, wp.min(row0 + tile_size, height), col0, wp.min(col0 + tile_size, width))
 
 
 @wp.kernel
@@ -260,90 +257,111 @@ def _raster_fwd_kernel(
     tiles_x: int,
     n_tiles: int,
     done: wp.array(dtype=wp.int32),
+    row_left: wp.array(dtype=wp.int32),
     out_colors: wp.array2d(dtype=wp.float32),
     out_alphas: wp.array(dtype=wp.float32),
     out_trans: wp.array(dtype=wp.float32),
     last_ids: wp.array(dtype=wp.int32),
     median: wp.array(dtype=wp.float32),
 ):
-    """One thread per tile row; Gaussians front to back, each touching only the row pixels in its box.
+    """One thread per tile; Gaussians front to back, each touching only the tile rows/columns in its box.
 
-    Per pixel the arithmetic and its order are exactly a front-to-back per-pixel loop's (design note 4.3): the
-    box only skips pixels whose alpha is provably below 1/255. Pixel state lives in the output arrays.
+    The tile's list is read once (not once per row). Per pixel the arithmetic and its order are exactly a
+    front-to-back per-pixel loop's (design note 4.3): the box and row spans only skip pixels whose alpha is
+    provably below 1/255. Pixel state lives in the output arrays; ``row_left`` (tile_size per tile) counts each
+    tile row's pixels still compositing, so rows that are all saturated skip the span computation.
     """
-    tid = wp.tid()
-    rw = _row_of(tid, tile_size, tiles_x, n_tiles, width, height)
-    gtile = rw[0]
-    row = rw[1]
-    col0 = rw[2]
-    col1 = rw[3]
-    if gtile % n_parts != part or col1 <= col0:
+    gtile = wp.tid()
+    if gtile % n_parts != part:
+        return
+    tb = _tile_of(gtile, tile_size, tiles_x, n_tiles, width, height)
+    row0 = tb[0]
+    row1 = tb[1]
+    col0 = tb[2]
+    col1 = tb[3]
+    if row1 <= row0 or col1 <= col0:
         return
     cam = gtile // n_tiles
-    pix0 = (cam * height + row) * width
     n_ch = colors.shape[1]
-    for col in range(col0, col1):
-        pix = pix0 + col
-        for k in range(n_ch):
-            out_colors[pix, k] = 0.0
-        out_trans[pix] = 1.0
-        last_ids[pix] = -1
-        median[pix] = 0.0
-        done[pix] = 0
+    rbase = gtile * tile_size - row0  # row_left index of image row ``row`` is rbase + row
+    for row in range(row0, row1):
+        row_left[rbase + row] = col1 - col0
+        pix0 = (cam * height + row) * width
+        for col in range(col0, col1):
+            pix = pix0 + col
+            for k in range(n_ch):
+                out_colors[pix, k] = 0.0
+            out_trans[pix] = 1.0
+            last_ids[pix] = -1
+            median[pix] = 0.0
+            done[pix] = 0
     start = int(offsets[gtile])
     end = n_isects
     if gtile + 1 < offsets.shape[0]:
         end = int(offsets[gtile + 1])
-    active = col1 - col0
-    py = float(row) + 0.5
+    active = (row1 - row0) * (col1 - col0)
     for idx in range(start, end):
         g = int(flatten_ids[idx])
         box = boxes[g]
-        if row < box[1] or row > box[3]:
+        r0 = wp.max(row0, box[1])
+        r1 = wp.min(row1 - 1, box[3])
+        if r0 > r1:
+            continue
+        cl = wp.max(col0, box[0])
+        ch = wp.min(col1 - 1, box[2])
+        if cl > ch:
             continue
         m = means2d[g]
         q = conics[g]
         s_max = sigma_max[g]
-        span = _row_span(m, q, s_max, py, wp.max(col0, box[0]), wp.min(col1 - 1, box[2]))
-        c0 = span[0]
-        c1 = span[1]
-        if c0 > c1:
-            continue
         o = opacities[g]
-        dy = m[1] - py
-        for col in range(c0, c1 + 1):
-            pix = pix0 + col
-            if done[pix] != 0:
+        for row in range(r0, r1 + 1):
+            if row_left[rbase + row] == 0:
                 continue
-            dx = m[0] - (float(col) + 0.5)
-            sigma = 0.5 * (q[0] * dx * dx + q[2] * dy * dy) + q[1] * dx * dy
-            if sigma < 0.0 or sigma > s_max:
+            py = float(row) + 0.5
+            span = _row_span(m, q, s_max, py, cl, ch)
+            c0 = span[0]
+            c1 = span[1]
+            if c0 > c1:
                 continue
-            alpha = wp.min(ALPHA_MAX, o * wp.exp(-sigma))
-            if alpha < ALPHA_MIN:
-                continue
-            trans = out_trans[pix]
-            next_t = trans * (1.0 - alpha)
-            if next_t <= T_STOP:
-                done[pix] = 1
-                active -= 1
-                continue
-            w = alpha * trans
-            for k in range(n_ch):
-                out_colors[pix, k] = out_colors[pix, k] + colors[g, k] * w
-            if trans > 0.5 and next_t <= 0.5:
-                median[pix] = depths[g]
-            out_trans[pix] = next_t
-            last_ids[pix] = idx
+            pix0 = (cam * height + row) * width
+            dy = m[1] - py
+            for col in range(c0, c1 + 1):
+                pix = pix0 + col
+                if done[pix] != 0:
+                    continue
+                dx = m[0] - (float(col) + 0.5)
+                sigma = 0.5 * (q[0] * dx * dx + q[2] * dy * dy) + q[1] * dx * dy
+                if sigma < 0.0 or sigma > s_max:
+                    continue
+                alpha = wp.min(ALPHA_MAX, o * wp.exp(-sigma))
+                if alpha < ALPHA_MIN:
+                    continue
+                trans = out_trans[pix]
+                next_t = trans * (1.0 - alpha)
+                if next_t <= T_STOP:
+                    done[pix] = 1
+                    active -= 1
+                    row_left[rbase + row] = row_left[rbase + row] - 1
+                    continue
+                w = alpha * trans
+                for k in range(n_ch):
+                    out_colors[pix, k] = out_colors[pix, k] + colors[g, k] * w
+                if trans > 0.5 and next_t <= 0.5:
+                    median[pix] = depths[g]
+                out_trans[pix] = next_t
+                last_ids[pix] = idx
         if active == 0:
             break
-    for col in range(col0, col1):
-        pix = pix0 + col
-        trans = out_trans[pix]
-        if use_bg != 0:
-            for k in range(n_ch):
-                out_colors[pix, k] = out_colors[pix, k] + trans * backgrounds[cam, k]
-        out_alphas[pix] = 1.0 - trans
+    for row in range(row0, row1):
+        pix0 = (cam * height + row) * width
+        for col in range(col0, col1):
+            pix = pix0 + col
+            trans = out_trans[pix]
+            if use_bg != 0:
+                for k in range(n_ch):
+                    out_colors[pix, k] = out_colors[pix, k] + trans * backgrounds[cam, k]
+            out_alphas[pix] = 1.0 - trans
 
 
 @wp.kernel
@@ -370,6 +388,7 @@ def _raster_bwd_kernel(
     v_out_colors: wp.array2d(dtype=wp.float32),
     v_out_alphas: wp.array(dtype=wp.float32),
     trans_cur: wp.array(dtype=wp.float32),
+    row_last: wp.array(dtype=wp.int32),
     v_final: wp.array(dtype=wp.float32),
     buffer: wp.array2d(dtype=wp.float32),
     n_flat: int,
@@ -380,101 +399,283 @@ def _raster_bwd_kernel(
     v_colors: wp.array2d(dtype=wp.float32),
     v_opacities: wp.array(dtype=wp.float32),
 ):
-    """Back to front over each pixel's contributors (ids <= last_ids), design note 4.4 formulas.
+    """One thread per tile, back to front over each pixel's contributors (ids <= last_ids), note 4.4 formulas.
 
-    Per-Gaussian gradients are summed over the row's pixels in registers and added once per (Gaussian, row)
-    into this part's buffer (row ``part * n_flat + flat id``).
+    Per-Gaussian gradients are summed over each row's pixels in registers and added once per (Gaussian, row)
+    into this part's buffer (row ``part * n_flat + flat id``), rows in increasing order. ``row_last`` (tile_size
+    per tile) holds each tile row's largest last id, so rows a Gaussian cannot contribute to are skipped early.
     """
-    tid = wp.tid()
-    rw = _row_of(tid, tile_size, tiles_x, n_tiles, width, height)
-    gtile = rw[0]
-    row = rw[1]
-    col0 = rw[2]
-    col1 = rw[3]
-    if gtile % n_parts != part or col1 <= col0:
+    gtile = wp.tid()
+    if gtile % n_parts != part:
+        return
+    tb = _tile_of(gtile, tile_size, tiles_x, n_tiles, width, height)
+    row0 = tb[0]
+    row1 = tb[1]
+    col0 = tb[2]
+    col1 = tb[3]
+    if row1 <= row0 or col1 <= col0:
         return
     cam = gtile // n_tiles
-    pix0 = (cam * height + row) * width
     n_ch = colors.shape[1]
     start = int(offsets[gtile])
-    row_last = wp.int32(-1)
-    for col in range(col0, col1):
-        pix = pix0 + col
-        t_fin = trans_final[pix]
-        trans_cur[pix] = t_fin
-        bg_dot = wp.float32(0.0)
-        if use_bg != 0:
+    tile_last = wp.int32(-1)
+    rbase = gtile * tile_size - row0  # row_last index of image row ``row`` is rbase + row
+    for row in range(row0, row1):
+        pix0 = (cam * height + row) * width
+        r_last = wp.int32(-1)
+        for col in range(col0, col1):
+            pix = pix0 + col
+            t_fin = trans_final[pix]
+            trans_cur[pix] = t_fin
+            bg_dot = wp.float32(0.0)
+            if use_bg != 0:
+                for k in range(n_ch):
+                    bg_dot += backgrounds[cam, k] * v_out_colors[pix, k]
+            # d(out)/d(alpha_i) carries T_final / (1 - alpha_i) * (v_alpha_out - bg . v_color_out)
+            v_final[pix] = t_fin * (v_out_alphas[pix] - bg_dot)
             for k in range(n_ch):
-                bg_dot += backgrounds[cam, k] * v_out_colors[pix, k]
-        # d(out)/d(alpha_i) carries T_final / (1 - alpha_i) * (v_alpha_out - bg . v_color_out)
-        v_final[pix] = t_fin * (v_out_alphas[pix] - bg_dot)
-        for k in range(n_ch):
-            buffer[pix, k] = 0.0
-        row_last = wp.max(row_last, int(last_ids[pix]))
-    if row_last < start:
+                buffer[pix, k] = 0.0
+            r_last = wp.max(r_last, last_ids[pix])
+        row_last[rbase + row] = r_last
+        tile_last = wp.max(tile_last, r_last)
+    if tile_last < start:
         return
-    py = float(row) + 0.5
     base = part * n_flat
-    for r in range(row_last - start + 1):
-        idx = row_last - r
+    for r in range(tile_last - start + 1):
+        idx = tile_last - r
         g = int(flatten_ids[idx])
         box = boxes[g]
-        if row < box[1] or row > box[3]:
+        r0 = wp.max(row0, box[1])
+        r1 = wp.min(row1 - 1, box[3])
+        if r0 > r1:
+            continue
+        cl = wp.max(col0, box[0])
+        ch = wp.min(col1 - 1, box[2])
+        if cl > ch:
             continue
         m = means2d[g]
         q = conics[g]
         s_max = sigma_max[g]
-        span = _row_span(m, q, s_max, py, wp.max(col0, box[0]), wp.min(col1 - 1, box[2]))
-        c0 = span[0]
-        c1 = span[1]
-        if c0 > c1:
-            continue
         o = opacities[g]
-        dy = m[1] - py
         gb = base + g
-        hit = wp.int32(0)
-        acc_xy = wp.vec2(0.0, 0.0)
-        acc_abs = wp.vec2(0.0, 0.0)
-        acc_q = wp.vec3(0.0, 0.0, 0.0)
-        acc_o = wp.float32(0.0)
-        for col in range(c0, c1 + 1):
-            pix = pix0 + col
-            if idx > last_ids[pix]:
+        for row in range(r0, r1 + 1):
+            if idx > row_last[rbase + row]:
                 continue
-            dx = m[0] - (float(col) + 0.5)
-            sigma = 0.5 * (q[0] * dx * dx + q[2] * dy * dy) + q[1] * dx * dy
-            if sigma < 0.0 or sigma > s_max:
+            py = float(row) + 0.5
+            span = _row_span(m, q, s_max, py, cl, ch)
+            c0 = span[0]
+            c1 = span[1]
+            if c0 > c1:
                 continue
-            vis = wp.exp(-sigma)
-            alpha = wp.min(ALPHA_MAX, o * vis)
-            if alpha < ALPHA_MIN:
-                continue
-            ra = 1.0 / (1.0 - alpha)
-            trans = trans_cur[pix] * ra
-            trans_cur[pix] = trans
-            fac = alpha * trans
-            v_alpha = wp.float32(0.0)
-            for k in range(n_ch):
-                v_c = v_out_colors[pix, k]
-                c = colors[g, k]
-                wp.atomic_add(v_colors, gb, k, fac * v_c)
-                v_alpha += (c * trans - buffer[pix, k] * ra) * v_c
-                buffer[pix, k] = buffer[pix, k] + c * fac
-            v_alpha += ra * v_final[pix]
-            if o * vis <= ALPHA_MAX:
-                v_sigma = -o * vis * v_alpha
-                acc_q += wp.vec3(0.5 * v_sigma * dx * dx, v_sigma * dx * dy, 0.5 * v_sigma * dy * dy)
-                v_xy = wp.vec2(v_sigma * (q[0] * dx + q[1] * dy), v_sigma * (q[1] * dx + q[2] * dy))
-                acc_xy += v_xy
-                acc_abs += wp.vec2(wp.abs(v_xy[0]), wp.abs(v_xy[1]))
-                acc_o += vis * v_alpha
-                hit = 1
-        if hit != 0:
-            wp.atomic_add(v_means2d, gb, acc_xy)
-            wp.atomic_add(v_conics, gb, acc_q)
-            wp.atomic_add(v_opacities, gb, acc_o)
-            if absgrad != 0:
-                wp.atomic_add(v_means2d_abs, gb, acc_abs)
+            pix0 = (cam * height + row) * width
+            dy = m[1] - py
+            hit = wp.int32(0)
+            acc_xy = wp.vec2(0.0, 0.0)
+            acc_abs = wp.vec2(0.0, 0.0)
+            acc_q = wp.vec3(0.0, 0.0, 0.0)
+            acc_o = wp.float32(0.0)
+            for col in range(c0, c1 + 1):
+                pix = pix0 + col
+                if idx > last_ids[pix]:
+                    continue
+                dx = m[0] - (float(col) + 0.5)
+                sigma = 0.5 * (q[0] * dx * dx + q[2] * dy * dy) + q[1] * dx * dy
+                if sigma < 0.0 or sigma > s_max:
+                    continue
+                vis = wp.exp(-sigma)
+                alpha = wp.min(ALPHA_MAX, o * vis)
+                if alpha < ALPHA_MIN:
+                    continue
+                ra = 1.0 / (1.0 - alpha)
+                trans = trans_cur[pix] * ra
+                trans_cur[pix] = trans
+                fac = alpha * trans
+                v_alpha = wp.float32(0.0)
+                for k in range(n_ch):
+                    v_c = v_out_colors[pix, k]
+                    c = colors[g, k]
+                    wp.atomic_add(v_colors, gb, k, fac * v_c)
+                    v_alpha += (c * trans - buffer[pix, k] * ra) * v_c
+                    buffer[pix, k] = buffer[pix, k] + c * fac
+                v_alpha += ra * v_final[pix]
+                if o * vis <= ALPHA_MAX:
+                    v_sigma = -o * vis * v_alpha
+                    acc_q += wp.vec3(0.5 * v_sigma * dx * dx, v_sigma * dx * dy, 0.5 * v_sigma * dy * dy)
+                    v_xy = wp.vec2(v_sigma * (q[0] * dx + q[1] * dy), v_sigma * (q[1] * dx + q[2] * dy))
+                    acc_xy += v_xy
+                    acc_abs += wp.vec2(wp.abs(v_xy[0]), wp.abs(v_xy[1]))
+                    acc_o += vis * v_alpha
+                    hit = 1
+            if hit != 0:
+                wp.atomic_add(v_means2d, gb, acc_xy)
+                wp.atomic_add(v_conics, gb, acc_q)
+                wp.atomic_add(v_opacities, gb, acc_o)
+                if absgrad != 0:
+                    wp.atomic_add(v_means2d_abs, gb, acc_abs)
+
+
+# ------------------------------------------------------------------------------------------ SH colours
+_vec16 = wp.types.vector(length=16, dtype=wp.float32)
+
+
+@wp.func
+def _sh_basis(x: float, y: float, z: float, degree: int) -> _vec16:
+    """Real SH basis of bands 0..degree at unit (x, y, z), gsplat's constants and order (unused entries 0)."""
+    b = _vec16()
+    b[0] = 0.2820947917738781
+    if degree >= 1:
+        b[1] = -0.48860251190292 * y
+        b[2] = 0.48860251190292 * z
+        b[3] = -0.48860251190292 * x
+    if degree >= 2:
+        z2 = z * z
+        c1 = x * x - y * y
+        s1 = 2.0 * x * y
+        t0 = -1.092548430592079 * z
+        b[4] = 0.5462742152960395 * s1
+        b[5] = t0 * y
+        b[6] = 0.9461746957575601 * z2 - 0.3153915652525201
+        b[7] = t0 * x
+        b[8] = 0.5462742152960395 * c1
+        if degree >= 3:
+            c2 = x * c1 - y * s1
+            s2 = x * s1 + y * c1
+            t0c = -2.285228997322329 * z2 + 0.4570457994644658
+            t1b = 1.445305721320277 * z
+            b[9] = -0.5900435899266435 * s2
+            b[10] = t1b * s1
+            b[11] = t0c * y
+            b[12] = z * (1.865881662950577 * z2 - 1.119528997770346)
+            b[13] = t0c * x
+            b[14] = t1b * c1
+            b[15] = -0.5900435899266435 * c2
+    return b
+
+
+@wp.func
+def _sh_basis_vjp(x: float, y: float, z: float, degree: int, vb: _vec16) -> wp.vec3:
+    """d(vb . basis)/d(x, y, z) at unit (x, y, z): the chain rule through every basis polynomial."""
+    gx = -0.48860251190292 * vb[3]
+    gy = -0.48860251190292 * vb[1]
+    gz = 0.48860251190292 * vb[2]
+    if degree >= 2:
+        k4 = 0.5462742152960395
+        k5 = -1.092548430592079
+        gx += k4 * 2.0 * y * vb[4] + k5 * z * vb[7] + k4 * 2.0 * x * vb[8]
+        gy += k4 * 2.0 * x * vb[4] + k5 * z * vb[5] - k4 * 2.0 * y * vb[8]
+        gz += k5 * y * vb[5] + 2.0 * 0.9461746957575601 * z * vb[6] + k5 * x * vb[7]
+        if degree >= 3:
+            z2 = z * z
+            c1 = x * x - y * y
+            s1 = 2.0 * x * y
+            t0c = -2.285228997322329 * z2 + 0.4570457994644658
+            t1b = 1.445305721320277 * z
+            k9 = -0.5900435899266435
+            dt0c = -2.0 * 2.285228997322329 * z
+            gx += (k9 * 6.0 * x * y * vb[9] + t1b * 2.0 * y * vb[10] + t0c * vb[13] + t1b * 2.0 * x * vb[14]
+                   + k9 * 3.0 * c1 * vb[15])
+            gy += (k9 * 3.0 * c1 * vb[9] + t1b * 2.0 * x * vb[10] + t0c * vb[11] - t1b * 2.0 * y * vb[14]
+                   - k9 * 6.0 * x * y * vb[15])
+            gz += (1.445305721320277 * s1 * vb[10] + dt0c * y * vb[11]
+                   + (3.0 * 1.865881662950577 * z2 - 1.119528997770346) * vb[12] + dt0c * x * vb[13]
+                   + 1.445305721320277 * c1 * vb[14])
+    return wp.vec3(gx, gy, gz)
+
+
+@wp.kernel
+def _sh_fwd_kernel(
+    offset: int,
+    dirs: wp.array(dtype=wp.vec3),
+    coeffs: wp.array3d(dtype=wp.float32),
+    degree: int,
+    n: int,
+    n_cams: int,
+    out: wp.array(dtype=wp.vec3),
+):
+    """colour = max(sum_b basis_b(dir / |dir|) coeffs[b] + 0.5, 0) for every camera of Gaussian ``i``."""
+    i = wp.tid() + offset
+    nb = (degree + 1) * (degree + 1)
+    for c in range(n_cams):
+        f = c * n + i
+        d = dirs[f]
+        u = d / wp.max(wp.length(d), 1.0e-12)
+        b = _sh_basis(u[0], u[1], u[2], degree)
+        acc = wp.vec3(0.0, 0.0, 0.0)
+        for k in range(nb):
+            acc += b[k] * wp.vec3(coeffs[i, k, 0], coeffs[i, k, 1], coeffs[i, k, 2])
+        acc += wp.vec3(0.5, 0.5, 0.5)
+        out[f] = wp.vec3(wp.max(acc[0], 0.0), wp.max(acc[1], 0.0), wp.max(acc[2], 0.0))
+
+
+@wp.kernel
+def _sh_bwd_kernel(
+    offset: int,
+    dirs: wp.array(dtype=wp.vec3),
+    coeffs: wp.array3d(dtype=wp.float32),
+    v_colors: wp.array(dtype=wp.vec3),
+    degree: int,
+    n: int,
+    n_cams: int,
+    v_coeffs: wp.array3d(dtype=wp.float32),
+    v_dirs: wp.array(dtype=wp.vec3),
+):
+    """Gradients of :func:`_sh_fwd_kernel`; one thread per Gaussian sums its cameras (no write conflicts)."""
+    i = wp.tid() + offset
+    nb = (degree + 1) * (degree + 1)
+    for c in range(n_cams):
+        f = c * n + i
+        d = dirs[f]
+        nrm = wp.length(d)
+        u = d / wp.max(nrm, 1.0e-12)
+        b = _sh_basis(u[0], u[1], u[2], degree)
+        acc = wp.vec3(0.0, 0.0, 0.0)
+        for k in range(nb):
+            acc += b[k] * wp.vec3(coeffs[i, k, 0], coeffs[i, k, 1], coeffs[i, k, 2])
+        acc += wp.vec3(0.5, 0.5, 0.5)
+        # clamp_min(x, 0) passes the gradient where x >= 0 (torch's rule).
+        vc = v_colors[f]
+        g0 = wp.where(acc[0] >= 0.0, vc[0], 0.0)
+        g1 = wp.where(acc[1] >= 0.0, vc[1], 0.0)
+        g2 = wp.where(acc[2] >= 0.0, vc[2], 0.0)
+        vb = _vec16()
+        for k in range(nb):
+            v_coeffs[i, k, 0] = v_coeffs[i, k, 0] + b[k] * g0
+            v_coeffs[i, k, 1] = v_coeffs[i, k, 1] + b[k] * g1
+            v_coeffs[i, k, 2] = v_coeffs[i, k, 2] + b[k] * g2
+            vb[k] = coeffs[i, k, 0] * g0 + coeffs[i, k, 1] * g1 + coeffs[i, k, 2] * g2
+        if degree >= 1:
+            vu = _sh_basis_vjp(u[0], u[1], u[2], degree, vb)
+            if nrm > 1.0e-12:
+                v_dirs[f] = (vu - u * wp.dot(u, vu)) / nrm
+            else:
+                v_dirs[f] = vu / 1.0e-12
+        else:
+            v_dirs[f] = wp.vec3(0.0, 0.0, 0.0)
+
+
+def sh_colors_fwd(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """(C, N, 3) colours of SH bands 0..degree: dirs (C, N, 3) any length, coeffs (N, K, 3) with K >= (d+1)^2."""
+    c_n, n = dirs.shape[:2]
+    out = torch.empty(c_n, n, 3, dtype=torch.float32, device=dirs.device)
+    launch(_sh_fwd_kernel, n, [to_wp(dirs.reshape(-1, 3).contiguous(), wp.vec3), to_wp(coeffs.contiguous()),
+                               degree, n, c_n, to_wp(out.reshape(-1, 3), wp.vec3)], wp_device(dirs))
+    return out
+
+
+def sh_colors_bwd(
+    degree: int, dirs: torch.Tensor, coeffs: torch.Tensor, v_colors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (v_dirs (C, N, 3), v_coeffs (N, K, 3)) of :func:`sh_colors_fwd`."""
+    c_n, n = dirs.shape[:2]
+    v_co = torch.zeros(coeffs.shape, dtype=torch.float32, device=dirs.device)
+    v_d = torch.empty(c_n, n, 3, dtype=torch.float32, device=dirs.device)
+    launch(
+        _sh_bwd_kernel, n,
+        [to_wp(dirs.reshape(-1, 3).contiguous(), wp.vec3), to_wp(coeffs.contiguous()),
+         to_wp(v_colors.reshape(-1, 3).float().contiguous(), wp.vec3), degree, n, c_n, to_wp(v_co), to_wp(v_d.reshape(-1, 3), wp.vec3)],
+        wp_device(dirs),
+    )
+    return v_d, v_co
 
 
 # ------------------------------------------------------------------------------------------ torch API
@@ -607,7 +808,7 @@ def _prep(
     s_max = torch.empty(c_n * n, dtype=torch.float32, device=dev)
     launch(_footprint_kernel, c_n * n, [m_wp, q_wp, o_wp, to_wp(boxes, wp.vec4i), to_wp(s_max)], wdev)
     tiles_y, tiles_x = isect_offsets.shape[1], isect_offsets.shape[2]
-    dim = c_n * tiles_y * tiles_x * tile_size  # one thread per tile row
+    dim = c_n * tiles_y * tiles_x  # one thread per tile
     return {
         "c_n": c_n,
         "n": n,
@@ -625,7 +826,7 @@ def _prep(
         "tiles_x": tiles_x,
         "n_tiles": tiles_x * tiles_y,
         "dim": dim,
-        # Tile rows are dealt to parts by tile id; CPU launches always use every core (rows are heavy).
+        # Tiles are dealt to parts by tile id; CPU launches always use every core (tiles are heavy).
         "parts": cpu_threads() if wdev == "cpu" else 1,
         "device": wdev,
         "torch_device": dev,
@@ -656,12 +857,13 @@ def rasterize_to_pixels_fwd(
 
     out_c, out_a, out_t, med = empty(n_ch), empty(), empty(), empty()
     last, done = empty(dtype=torch.int32), empty(dtype=torch.int32)
+    row_left = torch.empty(a["dim"] * tile_size, dtype=torch.int32, device=dev)
     launch_partitioned(
         _raster_fwd_kernel,
         a["dim"],
         [a["means2d"], a["conics"], a["opacities"], a["colors"], to_wp(depths.detach().reshape(-1).contiguous()),
          a["boxes"], a["sigma_max"], a["bg"], a["use_bg"], a["offsets"], a["flatten_ids"], flatten_ids.shape[0],
-         width, height, tile_size, a["tiles_x"], a["n_tiles"], to_wp(done),
+         width, height, tile_size, a["tiles_x"], a["n_tiles"], to_wp(done), to_wp(row_left),
          to_wp(out_c), to_wp(out_a), to_wp(out_t), to_wp(last), to_wp(med)],
         a["device"],
         parts=a["parts"],
@@ -702,6 +904,7 @@ def rasterize_to_pixels_bwd(
     g_m, g_q, g_c, g_o = zeros(2), zeros(3), zeros(n_ch), zeros()
     g_abs = zeros(2) if absgrad else torch.zeros(1, 2, dtype=torch.float32, device=dev)
     trans_cur = torch.empty(n_pix, dtype=torch.float32, device=dev)
+    row_last = torch.empty(a["dim"] * tile_size, dtype=torch.int32, device=dev)
     v_final = torch.empty(n_pix, dtype=torch.float32, device=dev)
     buffer = torch.empty(n_pix, n_ch, dtype=torch.float32, device=dev)
     launch_partitioned(
@@ -712,7 +915,7 @@ def rasterize_to_pixels_bwd(
          to_wp(transmittance.reshape(-1).contiguous()), to_wp(last_ids.reshape(-1).contiguous()),
          to_wp(v_colors.reshape(n_pix, n_ch).float().contiguous()),
          to_wp(v_alphas.reshape(n_pix).float().contiguous()),
-         to_wp(trans_cur), to_wp(v_final), to_wp(buffer), n_flat, int(absgrad),
+         to_wp(trans_cur), to_wp(row_last), to_wp(v_final), to_wp(buffer), n_flat, int(absgrad),
          to_wp(g_m, wp.vec2), to_wp(g_abs, wp.vec2), to_wp(g_q, wp.vec3), to_wp(g_c), to_wp(g_o)],
         a["device"],
         parts=parts,

@@ -2,8 +2,10 @@
 
 Pipeline (design note ``sparse_view_gs.md`` section 4):
 
-1. EWA projection and SH colours in vectorised torch -- per Gaussian and cheap, and autograd gives their
-   backward for free (means, quats, scales, opacities, SH coefficients).
+1. EWA projection in vectorised torch -- per Gaussian and cheap, and autograd gives its backward for free
+   (means, quats, scales, opacities). SH colours: :func:`eval_sh_colors` in torch (reference, public), and on
+   the Warp backend one Warp pass each way (:class:`_ShColors`, hand-written backward to the coefficients and
+   the view directions), which replaces dozens of small torch ops that dominated the non-compositing time.
 2. Tile intersection, key sort and per-tile ranges: :mod:`sparse3d.kernels.gaussian_raster`.
 3. Front-to-back compositing in Warp with a hand-written backward, bridged by :class:`_RasterizeToPixels`.
 
@@ -30,18 +32,19 @@ ALPHA_MIN = 1.0 / 255.0
 
 
 # ----------------------------------------------------------------------------------------------- projection
-# Cross-product matrix [v]x of v = (x, y, z) as a gather with signs (few large ops beat many small ones: every
-# torch op on a (C, N) tensor costs a thread-pool round trip, forward and backward).
-_CROSS_IDX = torch.tensor([0, 2, 1, 2, 0, 0, 1, 0, 0])
-_CROSS_SIGN = torch.tensor([0.0, -1.0, 1.0, 1.0, 0.0, -1.0, -1.0, 1.0, 0.0])
-
-
 def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """(N, 4) wxyz quaternions (normalised here) -> (N, 3, 3) rotations R = I + 2w[v]x + 2[v]x^2."""
-    q = F.normalize(quats, dim=-1)
-    dev, dt = quats.device, quats.dtype
-    k = (q[:, 1:][:, _CROSS_IDX.to(dev)] * _CROSS_SIGN.to(dev, dt)).reshape(-1, 3, 3)
-    return torch.eye(3, device=dev, dtype=dt) + 2.0 * (q[:, :1, None] * k + k @ k)
+    """(N, 4) wxyz quaternions (normalised here) -> (N, 3, 3) rotations R = I + 2w[v]x + 2[v]x^2.
+
+    Written out entry by entry on (N,) components: a batched 3x3 matmul and a gather (and their backward)
+    cost several times more than these few elementwise ops on the CPU.
+    """
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    x2, y2, z2 = x * x, y * y, z * z
+    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
+    rows = [1 - 2 * (y2 + z2), 2 * (xy - wz), 2 * (xz + wy),
+            2 * (xy + wz), 1 - 2 * (x2 + z2), 2 * (yz - wx),
+            2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (x2 + y2)]
+    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -153,6 +156,25 @@ def eval_sh_colors(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> tor
 
 
 # --------------------------------------------------------------------------------------- autograd bridge
+class _ShColors(torch.autograd.Function):
+    """:func:`eval_sh_colors` as one Warp pass each way (dozens of small torch ops and their backward
+    otherwise dominate the non-compositing time); gradients flow to the directions and the coefficients."""
+
+    @staticmethod
+    def forward(ctx: Any, degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+        dirs = dirs.detach().contiguous()
+        coeffs = coeffs.detach().contiguous()
+        ctx.save_for_backward(dirs, coeffs)
+        ctx.degree = degree
+        return K.sh_colors_fwd(degree, dirs, coeffs)
+
+    @staticmethod
+    def backward(ctx: Any, v_colors: torch.Tensor):
+        dirs, coeffs = ctx.saved_tensors
+        v_dirs, v_coeffs = K.sh_colors_bwd(ctx.degree, dirs, coeffs, v_colors)
+        return None, (v_dirs if ctx.needs_input_grad[1] else None), (v_coeffs if ctx.needs_input_grad[2] else None)
+
+
 class _RasterizeToPixels(torch.autograd.Function):
     """Warp compositing forward/backward; gradients flow to means2d, conics, colors, opacities, backgrounds."""
 
@@ -344,7 +366,7 @@ def _rasterize_warp(
         rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]
         campos = -torch.einsum("cji,cj->ci", rot, trans)  # camera centre -R^T t
         dirs = means[None, :, :] - campos[:, None, :]
-        cols = eval_sh_colors(sh_degree, dirs, colors)
+        cols = _ShColors.apply(sh_degree, dirs, colors)
     else:
         cols = colors[None].expand(c_n, *colors.shape)
     bg = backgrounds
