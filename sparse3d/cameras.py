@@ -153,6 +153,26 @@ class Cameras:
         return origins.float(), dirs.float()
 
 
+def look_at(
+    centre: np.ndarray | Sequence[float], target: np.ndarray | Sequence[float],
+    up: Sequence[float] = (0.0, 0.0, 1.0), roll: float = 0.0,
+) -> np.ndarray:
+    """World-to-camera rotation (OpenCV axes) of a camera at ``centre`` looking at ``target``.
+
+    ``up`` is the world direction that appears upwards in the image (image y points away from it); ``roll``
+    turns the camera by that many radians about its optical axis.
+    """
+    forward = np.asarray(target, dtype=np.float64) - np.asarray(centre, dtype=np.float64)
+    forward = forward / np.linalg.norm(forward)
+    right = np.cross(forward, np.asarray(up, dtype=np.float64))
+    if np.linalg.norm(right) < 1e-9:
+        raise ValueError("the viewing direction is parallel to `up`; the camera's roll is undefined")
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    c, s = np.cos(roll), np.sin(roll)
+    return np.stack([c * right + s * down, -s * right + c * down, forward])
+
+
 def decompose_projection_matrix(P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split a 3x4 projection matrix into ``K`` (upper triangular, positive diagonal, ``K[2,2] = 1``), a proper
     rotation ``R`` (det +1) and a translation ``t`` with ``P ~ K [R | t]`` (equal up to a positive or negative scale).

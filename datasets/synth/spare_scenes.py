@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from sparse3d.cameras import Cameras
+from sparse3d.cameras import Cameras, look_at
 from sparse3d.datasets.synth.shapes import FAMILIES, SynthObject, box_mesh, random_object
 from sparse3d.io.images import write_mask, write_png
 from sparse3d.io.spare import (
@@ -54,7 +54,6 @@ __all__ = [
     "LIGHTING_WEIGHTS",
     "META_NAME",
     "rig_cameras",
-    "look_at",
     "scene_lights",
     "make_splits",
     "generate_spare_scenes",
@@ -89,20 +88,6 @@ NAMINGS = ("alternate", *DATASETS)
 
 
 # ---------------------------------------------------------------------------------------------------- rig
-def look_at(centre: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.ndarray:
-    """World-to-camera rotation (OpenCV axes) of a camera at ``centre`` looking at ``target``, z up, rolled by
-    ``roll`` radians about its optical axis."""
-    forward = target - centre
-    forward = forward / np.linalg.norm(forward)
-    right = np.cross(forward, np.array([0.0, 0.0, 1.0]))
-    if np.linalg.norm(right) < 1e-9:
-        raise ValueError("camera looks straight up or down; its roll is undefined")
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    c, s = np.cos(roll), np.sin(roll)
-    return np.stack([c * right + s * down, -s * right + c * down, forward])
-
-
 def rig_cameras(
     target: np.ndarray, radius: float, width: int, height: int, rng: np.random.Generator, azimuth0: float = 0.0
 ) -> tuple[Cameras, np.ndarray]:
@@ -122,7 +107,7 @@ def rig_cameras(
             r = radius * rng.uniform(0.97, 1.03)
             centre = target + r * np.array([np.cos(elev) * np.cos(az), np.cos(elev) * np.sin(az), np.sin(elev)])
             aim = target + rng.normal(scale=jitter / 2, size=3)
-            R = look_at(centre, aim, np.deg2rad(rng.uniform(-1.0, 1.0)))
+            R = look_at(centre, aim, roll=np.deg2rad(rng.uniform(-1.0, 1.0)))
             Rs.append(R)
             ts.append(-R @ centre)
     Rs, ts = np.stack(Rs), np.stack(ts)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparse3d.cameras import Cameras
+from sparse3d.cameras import Cameras, look_at
 from sparse3d.io.gaussian_ply import load_gaussian_ply, save_gaussian_ply
 from sparse3d.models.splatting.gaussians import (
     DEFAULT_LRS,
@@ -86,14 +86,10 @@ def test_adam_groups_use_3dgs_rates_and_a_step_lowers_the_loss() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the fit
-def _look_at_c2w(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """OpenCV camera-to-world (x right, y down, z forward) with world z up."""
-    z = (target - eye) / np.linalg.norm(target - eye)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, np.cross(z, x), z, eye
-    return c2w
+def _viewmat(R: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    view = np.eye(4)
+    view[:3, :3], view[:3, 3] = R, -R @ centre
+    return view
 
 
 def _sample_surface(parts, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +119,7 @@ def test_fit_20k_gaussians_to_four_raycast_views() -> None:
     eyes = [centre + 0.55 * np.array([math.cos(a) * math.cos(0.4), math.sin(a) * math.cos(0.4), math.sin(0.4)])
             for a in 0.3 + np.arange(4) * math.pi / 2]
     K = np.array([[1.2 * size, 0, size / 2], [0, 1.2 * size, size / 2], [0, 0, 1.0]])
-    cams = Cameras.from_c2w(np.stack([K] * 4), np.stack([_look_at_c2w(e, centre) for e in eyes]), size, size)
+    cams = Cameras.from_c2w(np.stack([K] * 4), np.stack([np.linalg.inv(_viewmat(look_at(e, centre), e)) for e in eyes]), size, size)
     light = PointLight(tuple(centre + np.array([0.5, -0.5, 1.0])), 0.8)
     renders = render_meshes(list(obj.parts), cams, [light], ambient=0.3)  # black background
     targets = torch.from_numpy(np.stack([r.rgb for r in renders]))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from sparse3d.bench.torch_tiles import eval_sh, project_gaussians, quat_scale_to_covar, rasterize_torch_tiles
+from sparse3d.cameras import look_at
 
 torch.set_default_dtype(torch.float32)
 
@@ -40,14 +41,10 @@ def _rot_by_conjugation(q: torch.Tensor) -> torch.Tensor:
 
 def _look_at(eye: list[float], target: list[float]) -> torch.Tensor:
     """World-to-camera (OpenCV: x right, y down, z forward) looking from eye at target."""
-    eye_t, tgt = torch.tensor(eye, dtype=torch.float64), torch.tensor(target, dtype=torch.float64)
-    z = (tgt - eye_t) / (tgt - eye_t).norm()
-    x = torch.linalg.cross(torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64), z)
-    x = x / x.norm()
-    y = torch.linalg.cross(z, x)
+    R = look_at(eye, target, up=(0.0, 1.0, 0.0))
     view = torch.eye(4, dtype=torch.float64)
-    view[:3, :3] = torch.stack([x, y, z])
-    view[:3, 3] = -view[:3, :3] @ eye_t
+    view[:3, :3] = torch.from_numpy(R)
+    view[:3, 3] = -view[:3, :3] @ torch.tensor(eye, dtype=torch.float64)
     return view.float()
 
 

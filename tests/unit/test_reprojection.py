@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparse3d.cameras import Cameras
+from sparse3d.cameras import Cameras, look_at
 from sparse3d.models.baselines.reprojection import NearestViewReprojection, plane_homography, warp_to_target
 from sparse3d.render.interface import NovelViewMethod, PosedImages
 
@@ -16,12 +16,8 @@ PLANE_Z = 5.0
 
 
 def _look_at(centre: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World-to-camera R, t of an OpenCV camera at ``centre`` looking at ``target`` (image y ≈ world -y)."""
-    z = (target - centre) / np.linalg.norm(target - centre)
-    x = np.cross([0.0, 1.0, 0.0], z)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])
+    """World-to-camera R, t of an OpenCV camera at ``centre`` looking at ``target``."""
+    R = look_at(centre, target, up=(0.0, -1.0, 0.0))
     return R, -R @ centre
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sparse3d.cameras import look_at
 from sparse3d.io.images import write_mask, write_png
 from sparse3d.io.spare import (
     SplitEntry,
@@ -32,13 +33,8 @@ W, H = 32, 24
 
 
 def _look_at(centre: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World-to-camera R, t of an OpenCV camera at ``centre`` looking at ``target`` (y down ≈ world -z)."""
-    z = target - centre
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, -1.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])
+    """World-to-camera R, t of an OpenCV camera at ``centre`` looking at ``target``."""
+    R = look_at(centre, target, up=(0.0, 0.0, -1.0))
     return R, -R @ centre
 
 
