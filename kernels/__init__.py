@@ -11,6 +11,7 @@ KERNEL_MODULES: tuple[str, ...] = (
     "sparse3d.kernels.hashmap",
     "sparse3d.kernels.kernel_map",
     "sparse3d.kernels.set_partition",
+    "sparse3d.kernels.gaussian_projection",
     "sparse3d.kernels.gaussian_raster",
 )
 """Every module that defines Warp kernels; the CUDA AOT compile test and bench walk this list."""

@@ -1,20 +1,23 @@
 """Tile-based Gaussian splatting rasterizer in Warp: tile intersection, per-tile ranges, compositing fwd/bwd.
 
 Semantics follow gsplat 1.5.3 (``IntersectTile.cu``, ``RasterizeToPixels3DGS{Fwd,Bwd}.cu``); design note
-``sparse_view_gs.md`` section 4. Projection lives in torch (:mod:`sparse3d.render.gaussians`); compositing only
+``sparse_view_gs.md`` section 4. Projection is :mod:`sparse3d.kernels.gaussian_projection`; compositing only
 sees the projected 2-D Gaussians, flattened over cameras as ``flat = camera * N + gaussian``.
 
 * Intersections: one (key, flat id) pair per (Gaussian, touched tile); ``key = camera << (32 + tile_bits) |
   tile << 32 | bits(depth)`` where ``bits`` is the raw IEEE-754 pattern of the float32 depth (monotone for
   positive floats; a numeric cast would truncate and mis-order Gaussians with close depths). A stable
   ``torch.sort`` orders them by (camera, tile, depth, Gaussian id), so each tile's list is one contiguous run.
+* Records: everything compositing reads about a Gaussian (mean, conic, opacity, colour, depth, the pixel box of
+  its alpha >= 1/255 footprint) sits in one 64-byte row, since a tile's list visits Gaussians in random memory
+  order (:func:`_records_kernel`).
 * Compositing: one thread per tile, reading the tile's depth-sorted list once. Each Gaussian touches only the
-  tile rows of its alpha >= 1/255 box and, per row, the pixels inside its ellipse (an exact float64 span with
-  a safety margin), so the work is proportional to the splats' footprints rather than to (list length x 256);
-  per pixel the arithmetic and its order are those of gsplat's per-pixel loop. Tiles are dealt round-robin to ``num_parts`` CPU threads
-  (:func:`runtime.launch_partitioned`); in the backward pass every part accumulates into ITS OWN per-Gaussian
-  gradient buffer (Warp CPU atomics are plain read-modify-write) and the buffers are summed afterwards. On CUDA
-  there is one part and ``atomic_add`` is a real atomic.
+  tile rows of its box and, per row, the pixels inside its ellipse (an exact float64 span with a safety
+  margin), so the work is proportional to the splats' footprints rather than to (list length x 256); per pixel
+  the arithmetic and its order are those of gsplat's per-pixel loop. Tiles are dealt round-robin to
+  ``num_parts`` CPU threads (:func:`runtime.launch_partitioned`). The backward writes gradients per
+  INTERSECTION (each belongs to one tile, so no two threads write the same place and no atomics are needed,
+  on CPU or CUDA) and ``index_add_`` sums them per Gaussian.
 * SH colours (:func:`sh_colors_fwd` / :func:`sh_colors_bwd`): one thread per Gaussian over all cameras, the same
   basis as ``sparse3d.render.gaussians.eval_sh_colors``, with a hand-written vector-Jacobian product.
 """
@@ -175,53 +178,91 @@ def _row_span(m: wp.vec2, q: wp.vec3, s_max: float, py: float, c0: int, c1: int)
     return wp.vec2i(wp.max(c0, int(lo)), wp.min(c1, int(hi)))
 
 
+REC_MEAN = wp.constant(0)  # x, y
+REC_CONIC = wp.constant(2)  # a, b, c
+REC_OPACITY = wp.constant(5)
+REC_SIGMA_MAX = wp.constant(6)
+REC_DEPTH = wp.constant(7)
+REC_BOX = wp.constant(8)  # x0, y0, x1, y1 (inclusive pixel box, as exact small floats)
+REC_COLOR = wp.constant(12)
+RECORD_ALIGN = 16
+"""Per-Gaussian record: everything compositing reads about a Gaussian in one row of float32, padded to 16
+floats (one 64-byte cache line for <= 4 channels), so a tile's walk through its depth-sorted list costs one
+memory access per Gaussian rather than one per field (the list visits Gaussians in random memory order)."""
+
+
+def record_width(n_ch: int) -> int:
+    return -(-(12 + n_ch) // RECORD_ALIGN) * RECORD_ALIGN
+
+
 @wp.kernel
-def _footprint_kernel(
+def _records_kernel(
     offset: int,
     means2d: wp.array(dtype=wp.vec2),
     conics: wp.array(dtype=wp.vec3),
     opacities: wp.array(dtype=wp.float32),
-    boxes: wp.array(dtype=wp.vec4i),
-    sigma_max: wp.array(dtype=wp.float32),
+    depths: wp.array(dtype=wp.float32),
+    has_depths: int,
+    colors: wp.array2d(dtype=wp.float32),
+    width: int,
+    height: int,
+    records: wp.array2d(dtype=wp.float32),
 ):
-    """Pixel box (x0, y0, x1, y1 inclusive) outside which a Gaussian's alpha is below 1/255, and that sigma.
+    """Fill Gaussian ``i``'s record, including the pixel box outside which its alpha is below 1/255.
 
-    alpha = min(0.999, o exp(-sigma)) >= 1/255  <=>  sigma <= ln(255 o); the set {sigma <= s} is an ellipse
-    whose x half-extent is sqrt(2 s Sigma_xx) with Sigma = conic^-1 (computed in float64 for accuracy). Small
-    margins keep the box conservative under float32 rounding, so skipping pixels outside it changes nothing.
+    alpha = min(0.999, o exp(-sigma)) >= 1/255  <=>  sigma <= s_max = ln(255 o) (+1e-3); the set {sigma <= s}
+    is an ellipse whose x half-extent is sqrt(2 s Sigma_xx) with Sigma = conic^-1 (computed in float64, with
+    s inflated by :func:`_span_sigma`), so skipping pixels outside the box changes nothing. The box is clipped
+    to [-1, width] x [-1, height], which keeps it exact in float32.
     """
     i = wp.tid() + offset
-    o = opacities[i]
-    if o <= 0.0:
-        boxes[i] = wp.vec4i(1, 1, 0, 0)
-        sigma_max[i] = -1.0
-        return
-    s = wp.log(255.0 * o)
-    sigma_max[i] = s + 1.0e-3
-    s_box = _span_sigma(s + 1.0e-3)
-    if s_box < wp.float64(0.0):
-        boxes[i] = wp.vec4i(1, 1, 0, 0)
-        return
-    q = conics[i]
-    qa = wp.float64(q[0])
-    qb = wp.float64(q[1])
-    qc = wp.float64(q[2])
-    det = qa * qc - qb * qb
-    if det <= wp.float64(0.0) or qa <= wp.float64(0.0):
-        # Not positive definite: sigma can be < 0 anywhere, no ellipse bound; cover everything.
-        boxes[i] = wp.vec4i(-2147483647, -2147483647, 2147483647, 2147483647)
-        return
-    hx = wp.sqrt(wp.float64(2.0) * s_box * qc / det)
-    hy = wp.sqrt(wp.float64(2.0) * s_box * qa / det)
     m = means2d[i]
-    mx = wp.float64(m[0]) - wp.float64(0.5)
-    my = wp.float64(m[1]) - wp.float64(0.5)
-    big = wp.float64(1.0e9)
-    x0 = wp.max(wp.min(wp.floor(mx - hx), big), -big)
-    x1 = wp.max(wp.min(wp.ceil(mx + hx), big), -big)
-    y0 = wp.max(wp.min(wp.floor(my - hy), big), -big)
-    y1 = wp.max(wp.min(wp.ceil(my + hy), big), -big)
-    boxes[i] = wp.vec4i(int(x0) - 1, int(y0) - 1, int(x1) + 1, int(y1) + 1)
+    q = conics[i]
+    o = opacities[i]
+    records[i, REC_MEAN] = m[0]
+    records[i, REC_MEAN + 1] = m[1]
+    records[i, REC_CONIC] = q[0]
+    records[i, REC_CONIC + 1] = q[1]
+    records[i, REC_CONIC + 2] = q[2]
+    records[i, REC_OPACITY] = o
+    depth = wp.float32(0.0)
+    if has_depths != 0:
+        depth = depths[i]
+    records[i, REC_DEPTH] = depth
+    for k in range(colors.shape[1]):
+        records[i, REC_COLOR + k] = colors[i, k]
+    box = wp.vec4i(1, 1, 0, 0)  # empty
+    s = wp.float32(-1.0)
+    if o > 0.0:
+        s = wp.log(255.0 * o) + 1.0e-3
+        s_box = _span_sigma(s)
+        qa = wp.float64(q[0])
+        qb = wp.float64(q[1])
+        qc = wp.float64(q[2])
+        det = qa * qc - qb * qb
+        if s_box >= wp.float64(0.0):
+            if det <= wp.float64(0.0) or qa <= wp.float64(0.0):
+                # Not positive definite: sigma can be < 0 anywhere, no ellipse bound; cover everything.
+                box = wp.vec4i(-1, -1, width, height)
+            else:
+                hx = wp.sqrt(wp.float64(2.0) * s_box * qc / det)
+                hy = wp.sqrt(wp.float64(2.0) * s_box * qa / det)
+                mx = wp.float64(m[0]) - wp.float64(0.5)
+                my = wp.float64(m[1]) - wp.float64(0.5)
+                # Pixel col has centre col + 0.5: |col + 0.5 - m| <= h <=> ceil(m - 0.5 - h) <= col <= floor(m - 0.5 + h)
+                lo_x = wp.float64(-1.0)
+                lo_y = wp.float64(-1.0)
+                hi_x = wp.float64(width)
+                hi_y = wp.float64(height)
+                box = wp.vec4i(
+                    int(wp.max(wp.min(wp.ceil(mx - hx), hi_x), lo_x)),
+                    int(wp.max(wp.min(wp.ceil(my - hy), hi_y), lo_y)),
+                    int(wp.max(wp.min(wp.floor(mx + hx), hi_x), lo_x)),
+                    int(wp.max(wp.min(wp.floor(my + hy), hi_y), lo_y)),
+                )
+    records[i, REC_SIGMA_MAX] = s
+    for k in range(4):
+        records[i, REC_BOX + k] = float(box[k])
 
 
 @wp.func
@@ -239,17 +280,12 @@ def _tile_of(gtile: int, tile_size: int, tiles_x: int, n_tiles: int, width: int,
 def _raster_fwd_kernel(
     part: int,
     n_parts: int,
-    means2d: wp.array(dtype=wp.vec2),
-    conics: wp.array(dtype=wp.vec3),
-    opacities: wp.array(dtype=wp.float32),
-    colors: wp.array2d(dtype=wp.float32),
-    depths: wp.array(dtype=wp.float32),
-    boxes: wp.array(dtype=wp.vec4i),
-    sigma_max: wp.array(dtype=wp.float32),
+    records: wp.array2d(dtype=wp.float32),
+    flatten_ids: wp.array(dtype=wp.int32),
+    n_ch: int,
     backgrounds: wp.array2d(dtype=wp.float32),
     use_bg: int,
     offsets: wp.array(dtype=wp.int32),
-    flatten_ids: wp.array(dtype=wp.int32),
     n_isects: int,
     width: int,
     height: int,
@@ -282,7 +318,6 @@ def _raster_fwd_kernel(
     if row1 <= row0 or col1 <= col0:
         return
     cam = gtile // n_tiles
-    n_ch = colors.shape[1]
     rbase = gtile * tile_size - row0  # row_left index of image row ``row`` is rbase + row
     for row in range(row0, row1):
         row_left[rbase + row] = col1 - col0
@@ -302,19 +337,18 @@ def _raster_fwd_kernel(
     active = (row1 - row0) * (col1 - col0)
     for idx in range(start, end):
         g = int(flatten_ids[idx])
-        box = boxes[g]
-        r0 = wp.max(row0, box[1])
-        r1 = wp.min(row1 - 1, box[3])
+        r0 = wp.max(row0, int(records[g, REC_BOX + 1]))
+        r1 = wp.min(row1 - 1, int(records[g, REC_BOX + 3]))
         if r0 > r1:
             continue
-        cl = wp.max(col0, box[0])
-        ch = wp.min(col1 - 1, box[2])
+        cl = wp.max(col0, int(records[g, REC_BOX]))
+        ch = wp.min(col1 - 1, int(records[g, REC_BOX + 2]))
         if cl > ch:
             continue
-        m = means2d[g]
-        q = conics[g]
-        s_max = sigma_max[g]
-        o = opacities[g]
+        m = wp.vec2(records[g, REC_MEAN], records[g, REC_MEAN + 1])
+        q = wp.vec3(records[g, REC_CONIC], records[g, REC_CONIC + 1], records[g, REC_CONIC + 2])
+        o = records[g, REC_OPACITY]
+        s_max = records[g, REC_SIGMA_MAX]
         for row in range(r0, r1 + 1):
             if row_left[rbase + row] == 0:
                 continue
@@ -346,9 +380,9 @@ def _raster_fwd_kernel(
                     continue
                 w = alpha * trans
                 for k in range(n_ch):
-                    out_colors[pix, k] = out_colors[pix, k] + colors[g, k] * w
+                    out_colors[pix, k] = out_colors[pix, k] + records[g, REC_COLOR + k] * w
                 if trans > 0.5 and next_t <= 0.5:
-                    median[pix] = depths[g]
+                    median[pix] = records[g, REC_DEPTH]
                 out_trans[pix] = next_t
                 last_ids[pix] = idx
         if active == 0:
@@ -368,16 +402,13 @@ def _raster_fwd_kernel(
 def _raster_bwd_kernel(
     part: int,
     n_parts: int,
-    means2d: wp.array(dtype=wp.vec2),
-    conics: wp.array(dtype=wp.vec3),
-    opacities: wp.array(dtype=wp.float32),
-    colors: wp.array2d(dtype=wp.float32),
-    boxes: wp.array(dtype=wp.vec4i),
-    sigma_max: wp.array(dtype=wp.float32),
+    records: wp.array2d(dtype=wp.float32),
+    flatten_ids: wp.array(dtype=wp.int32),
+    n_ch: int,
     backgrounds: wp.array2d(dtype=wp.float32),
     use_bg: int,
     offsets: wp.array(dtype=wp.int32),
-    flatten_ids: wp.array(dtype=wp.int32),
+    n_isects: int,
     width: int,
     height: int,
     tile_size: int,
@@ -391,7 +422,6 @@ def _raster_bwd_kernel(
     row_last: wp.array(dtype=wp.int32),
     v_final: wp.array(dtype=wp.float32),
     buffer: wp.array2d(dtype=wp.float32),
-    n_flat: int,
     absgrad: int,
     v_means2d: wp.array(dtype=wp.vec2),
     v_means2d_abs: wp.array(dtype=wp.vec2),
@@ -401,13 +431,26 @@ def _raster_bwd_kernel(
 ):
     """One thread per tile, back to front over each pixel's contributors (ids <= last_ids), note 4.4 formulas.
 
-    Per-Gaussian gradients are summed over each row's pixels in registers and added once per (Gaussian, row)
-    into this part's buffer (row ``part * n_flat + flat id``), rows in increasing order. ``row_last`` (tile_size
-    per tile) holds each tile row's largest last id, so rows a Gaussian cannot contribute to are skipped early.
+    Gradients are per INTERSECTION (index ``idx`` of the sorted list, which belongs to exactly one tile): the
+    tile's thread sums a Gaussian's pixels in registers and writes each of its intersections once, with no
+    atomics and no per-thread buffers; the caller adds them up per Gaussian (``index_add_``). ``row_last``
+    (tile_size per tile) holds each tile row's largest last id, so rows a Gaussian cannot reach are skipped.
     """
     gtile = wp.tid()
     if gtile % n_parts != part:
         return
+    start = int(offsets[gtile])
+    end = n_isects
+    if gtile + 1 < offsets.shape[0]:
+        end = int(offsets[gtile + 1])
+    for idx in range(start, end):
+        v_means2d[idx] = wp.vec2(0.0, 0.0)
+        v_conics[idx] = wp.vec3(0.0, 0.0, 0.0)
+        v_opacities[idx] = 0.0
+        for k in range(n_ch):
+            v_colors[idx, k] = 0.0
+        if absgrad != 0:
+            v_means2d_abs[idx] = wp.vec2(0.0, 0.0)
     tb = _tile_of(gtile, tile_size, tiles_x, n_tiles, width, height)
     row0 = tb[0]
     row1 = tb[1]
@@ -416,8 +459,6 @@ def _raster_bwd_kernel(
     if row1 <= row0 or col1 <= col0:
         return
     cam = gtile // n_tiles
-    n_ch = colors.shape[1]
-    start = int(offsets[gtile])
     tile_last = wp.int32(-1)
     rbase = gtile * tile_size - row0  # row_last index of image row ``row`` is rbase + row
     for row in range(row0, row1):
@@ -440,24 +481,25 @@ def _raster_bwd_kernel(
         tile_last = wp.max(tile_last, r_last)
     if tile_last < start:
         return
-    base = part * n_flat
     for r in range(tile_last - start + 1):
         idx = tile_last - r
         g = int(flatten_ids[idx])
-        box = boxes[g]
-        r0 = wp.max(row0, box[1])
-        r1 = wp.min(row1 - 1, box[3])
+        r0 = wp.max(row0, int(records[g, REC_BOX + 1]))
+        r1 = wp.min(row1 - 1, int(records[g, REC_BOX + 3]))
         if r0 > r1:
             continue
-        cl = wp.max(col0, box[0])
-        ch = wp.min(col1 - 1, box[2])
+        cl = wp.max(col0, int(records[g, REC_BOX]))
+        ch = wp.min(col1 - 1, int(records[g, REC_BOX + 2]))
         if cl > ch:
             continue
-        m = means2d[g]
-        q = conics[g]
-        s_max = sigma_max[g]
-        o = opacities[g]
-        gb = base + g
+        m = wp.vec2(records[g, REC_MEAN], records[g, REC_MEAN + 1])
+        q = wp.vec3(records[g, REC_CONIC], records[g, REC_CONIC + 1], records[g, REC_CONIC + 2])
+        o = records[g, REC_OPACITY]
+        s_max = records[g, REC_SIGMA_MAX]
+        acc_xy = wp.vec2(0.0, 0.0)
+        acc_abs = wp.vec2(0.0, 0.0)
+        acc_q = wp.vec3(0.0, 0.0, 0.0)
+        acc_o = wp.float32(0.0)
         for row in range(r0, r1 + 1):
             if idx > row_last[rbase + row]:
                 continue
@@ -469,11 +511,6 @@ def _raster_bwd_kernel(
                 continue
             pix0 = (cam * height + row) * width
             dy = m[1] - py
-            hit = wp.int32(0)
-            acc_xy = wp.vec2(0.0, 0.0)
-            acc_abs = wp.vec2(0.0, 0.0)
-            acc_q = wp.vec3(0.0, 0.0, 0.0)
-            acc_o = wp.float32(0.0)
             for col in range(c0, c1 + 1):
                 pix = pix0 + col
                 if idx > last_ids[pix]:
@@ -493,8 +530,8 @@ def _raster_bwd_kernel(
                 v_alpha = wp.float32(0.0)
                 for k in range(n_ch):
                     v_c = v_out_colors[pix, k]
-                    c = colors[g, k]
-                    wp.atomic_add(v_colors, gb, k, fac * v_c)
+                    c = records[g, REC_COLOR + k]
+                    v_colors[idx, k] = v_colors[idx, k] + fac * v_c
                     v_alpha += (c * trans - buffer[pix, k] * ra) * v_c
                     buffer[pix, k] = buffer[pix, k] + c * fac
                 v_alpha += ra * v_final[pix]
@@ -505,13 +542,11 @@ def _raster_bwd_kernel(
                     acc_xy += v_xy
                     acc_abs += wp.vec2(wp.abs(v_xy[0]), wp.abs(v_xy[1]))
                     acc_o += vis * v_alpha
-                    hit = 1
-            if hit != 0:
-                wp.atomic_add(v_means2d, gb, acc_xy)
-                wp.atomic_add(v_conics, gb, acc_q)
-                wp.atomic_add(v_opacities, gb, acc_o)
-                if absgrad != 0:
-                    wp.atomic_add(v_means2d_abs, gb, acc_abs)
+        v_means2d[idx] = acc_xy
+        v_conics[idx] = acc_q
+        v_opacities[idx] = acc_o
+        if absgrad != 0:
+            v_means2d_abs[idx] = acc_abs
 
 
 # ------------------------------------------------------------------------------------------ SH colours
@@ -639,9 +674,14 @@ def _sh_bwd_kernel(
         g2 = wp.where(acc[2] >= 0.0, vc[2], 0.0)
         vb = _vec16()
         for k in range(nb):
-            v_coeffs[i, k, 0] = v_coeffs[i, k, 0] + b[k] * g0
-            v_coeffs[i, k, 1] = v_coeffs[i, k, 1] + b[k] * g1
-            v_coeffs[i, k, 2] = v_coeffs[i, k, 2] + b[k] * g2
+            if c == 0:  # the first camera writes (the output is not zero-filled), later ones add
+                v_coeffs[i, k, 0] = b[k] * g0
+                v_coeffs[i, k, 1] = b[k] * g1
+                v_coeffs[i, k, 2] = b[k] * g2
+            else:
+                v_coeffs[i, k, 0] = v_coeffs[i, k, 0] + b[k] * g0
+                v_coeffs[i, k, 1] = v_coeffs[i, k, 1] + b[k] * g1
+                v_coeffs[i, k, 2] = v_coeffs[i, k, 2] + b[k] * g2
             vb[k] = coeffs[i, k, 0] * g0 + coeffs[i, k, 1] * g1 + coeffs[i, k, 2] * g2
         if degree >= 1:
             vu = _sh_basis_vjp(u[0], u[1], u[2], degree, vb)
@@ -667,7 +707,8 @@ def sh_colors_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (v_dirs (C, N, 3), v_coeffs (N, K, 3)) of :func:`sh_colors_fwd`."""
     c_n, n = dirs.shape[:2]
-    v_co = torch.zeros(coeffs.shape, dtype=torch.float32, device=dirs.device)
+    v_co = torch.empty(coeffs.shape, dtype=torch.float32, device=dirs.device)  # the kernel writes bands <= degree
+    v_co[:, (degree + 1) ** 2 :] = 0.0
     v_d = torch.empty(c_n, n, 3, dtype=torch.float32, device=dirs.device)
     launch(
         _sh_bwd_kernel, n,
@@ -775,18 +816,22 @@ def _prep(
     conics: torch.Tensor,
     colors: torch.Tensor,
     opacities: torch.Tensor,
+    depths: torch.Tensor | None,
     backgrounds: torch.Tensor | None,
     isect_offsets: torch.Tensor,
     flatten_ids: torch.Tensor,
-    tile_size: int,
+    width: int,
+    height: int,
 ) -> dict:
-    """Validate the compositing inputs, make Warp views, and compute every Gaussian's alpha footprint box."""
-    c_n, n = _check_projected(means2d, conics=conics, colors=colors, opacities=opacities)
+    """Validate the compositing inputs and build every Gaussian's record (:func:`_records_kernel`)."""
+    c_n, n = _check_projected(means2d, conics=conics, colors=colors, opacities=opacities, depths=depths)
     check_tensor("conics", conics, torch.float32, ndim=3, last_dim=3)
     check_tensor("colors", colors, torch.float32, ndim=3)
     check_tensor("opacities", opacities, torch.float32, ndim=2)
     check_tensor("isect_offsets", isect_offsets, torch.int32, ndim=3)
     check_tensor("flatten_ids", flatten_ids, torch.int32, ndim=1)
+    if depths is not None:
+        check_tensor("depths", depths, torch.float32, ndim=2)
     n_ch = colors.shape[2]
     if n_ch < 1:
         raise ValueError(f"colors must have at least one channel, got shape {tuple(colors.shape)}")
@@ -801,28 +846,29 @@ def _prep(
     else:
         bg = torch.zeros(1, n_ch, dtype=torch.float32, device=dev)
     wdev = wp_device(means2d)
-    m_wp = to_wp(means2d.detach().reshape(-1, 2).contiguous(), wp.vec2)
-    q_wp = to_wp(conics.detach().reshape(-1, 3).contiguous(), wp.vec3)
-    o_wp = to_wp(opacities.detach().reshape(-1).contiguous())
-    boxes = torch.empty(c_n * n, 4, dtype=torch.int32, device=dev)
-    s_max = torch.empty(c_n * n, dtype=torch.float32, device=dev)
-    launch(_footprint_kernel, c_n * n, [m_wp, q_wp, o_wp, to_wp(boxes, wp.vec4i), to_wp(s_max)], wdev)
+    records = torch.empty(c_n * n, record_width(n_ch), dtype=torch.float32, device=dev)
+    d = depths if depths is not None else torch.zeros(1, dtype=torch.float32, device=dev)
+    launch(
+        _records_kernel, c_n * n,
+        [to_wp(means2d.detach().reshape(-1, 2).contiguous(), wp.vec2),
+         to_wp(conics.detach().reshape(-1, 3).contiguous(), wp.vec3),
+         to_wp(opacities.detach().reshape(-1).contiguous()), to_wp(d.detach().reshape(-1).contiguous()),
+         int(depths is not None), to_wp(colors.detach().reshape(-1, n_ch).contiguous()), width, height,
+         to_wp(records)],
+        wdev,
+    )
     tiles_y, tiles_x = isect_offsets.shape[1], isect_offsets.shape[2]
     dim = c_n * tiles_y * tiles_x  # one thread per tile
     return {
         "c_n": c_n,
         "n": n,
         "n_ch": n_ch,
-        "means2d": m_wp,
-        "conics": q_wp,
-        "opacities": o_wp,
-        "colors": to_wp(colors.detach().reshape(-1, n_ch).contiguous()),
-        "boxes": to_wp(boxes, wp.vec4i),
-        "sigma_max": to_wp(s_max),
+        "gaussians": [to_wp(records), to_wp(flatten_ids.contiguous()), n_ch],
+        "records": records,  # the tensor behind the Warp view
+        "n_isects": flatten_ids.shape[0],
         "bg": to_wp(bg),
         "use_bg": int(backgrounds is not None),
         "offsets": to_wp(isect_offsets.reshape(-1).contiguous()),
-        "flatten_ids": to_wp(flatten_ids.contiguous()),
         "tiles_x": tiles_x,
         "n_tiles": tiles_x * tiles_y,
         "dim": dim,
@@ -847,8 +893,8 @@ def rasterize_to_pixels_fwd(
     tile_size: int,
 ) -> RasterOutputs:
     """Front-to-back compositing of every pixel (no autograd; see ``rasterize_gaussians`` for that)."""
-    a = _prep(means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, tile_size)
     check_tensor("depths", depths, torch.float32, ndim=2)
+    a = _prep(means2d, conics, colors, opacities, depths, backgrounds, isect_offsets, flatten_ids, width, height)
     c_n, n_ch, dev = a["c_n"], a["n_ch"], a["torch_device"]
     n_pix = c_n * height * width
 
@@ -861,10 +907,9 @@ def rasterize_to_pixels_fwd(
     launch_partitioned(
         _raster_fwd_kernel,
         a["dim"],
-        [a["means2d"], a["conics"], a["opacities"], a["colors"], to_wp(depths.detach().reshape(-1).contiguous()),
-         a["boxes"], a["sigma_max"], a["bg"], a["use_bg"], a["offsets"], a["flatten_ids"], flatten_ids.shape[0],
-         width, height, tile_size, a["tiles_x"], a["n_tiles"], to_wp(done), to_wp(row_left),
-         to_wp(out_c), to_wp(out_a), to_wp(out_t), to_wp(last), to_wp(med)],
+        [*a["gaussians"], a["bg"], a["use_bg"], a["offsets"], a["n_isects"], width, height, tile_size, a["tiles_x"],
+         a["n_tiles"], to_wp(done), to_wp(row_left), to_wp(out_c), to_wp(out_a), to_wp(out_t), to_wp(last),
+         to_wp(med)],
         a["device"],
         parts=a["parts"],
     )
@@ -893,16 +938,16 @@ def rasterize_to_pixels_bwd(
     absgrad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients w.r.t. means2d (C,N,2), conics (C,N,3), colors (C,N,D), opacities (C,N) [+ |means2d| sums]."""
-    a = _prep(means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, tile_size)
-    c_n, n, n_ch, dev, parts = a["c_n"], a["n"], a["n_ch"], a["torch_device"], a["parts"]
-    n_flat = c_n * n
+    a = _prep(means2d, conics, colors, opacities, None, backgrounds, isect_offsets, flatten_ids, width, height)
+    c_n, n, n_ch, dev = a["c_n"], a["n"], a["n_ch"], a["torch_device"]
+    m_isects = a["n_isects"]
     n_pix = c_n * height * width
 
-    def zeros(*shape: int) -> torch.Tensor:
-        return torch.zeros(parts * n_flat, *shape, dtype=torch.float32, device=dev)
+    def per_isect(*shape: int) -> torch.Tensor:
+        return torch.empty(m_isects, *shape, dtype=torch.float32, device=dev)
 
-    g_m, g_q, g_c, g_o = zeros(2), zeros(3), zeros(n_ch), zeros()
-    g_abs = zeros(2) if absgrad else torch.zeros(1, 2, dtype=torch.float32, device=dev)
+    g_m, g_q, g_c, g_o = per_isect(2), per_isect(3), per_isect(n_ch), per_isect()
+    g_abs = per_isect(2) if absgrad else torch.zeros(1, 2, dtype=torch.float32, device=dev)
     trans_cur = torch.empty(n_pix, dtype=torch.float32, device=dev)
     row_last = torch.empty(a["dim"] * tile_size, dtype=torch.int32, device=dev)
     v_final = torch.empty(n_pix, dtype=torch.float32, device=dev)
@@ -910,19 +955,20 @@ def rasterize_to_pixels_bwd(
     launch_partitioned(
         _raster_bwd_kernel,
         a["dim"],
-        [a["means2d"], a["conics"], a["opacities"], a["colors"], a["boxes"], a["sigma_max"], a["bg"], a["use_bg"],
-         a["offsets"], a["flatten_ids"], width, height, tile_size, a["tiles_x"], a["n_tiles"],
-         to_wp(transmittance.reshape(-1).contiguous()), to_wp(last_ids.reshape(-1).contiguous()),
+        [*a["gaussians"], a["bg"], a["use_bg"], a["offsets"], m_isects, width, height, tile_size, a["tiles_x"],
+         a["n_tiles"], to_wp(transmittance.reshape(-1).contiguous()), to_wp(last_ids.reshape(-1).contiguous()),
          to_wp(v_colors.reshape(n_pix, n_ch).float().contiguous()),
          to_wp(v_alphas.reshape(n_pix).float().contiguous()),
-         to_wp(trans_cur), to_wp(row_last), to_wp(v_final), to_wp(buffer), n_flat, int(absgrad),
+         to_wp(trans_cur), to_wp(row_last), to_wp(v_final), to_wp(buffer), int(absgrad),
          to_wp(g_m, wp.vec2), to_wp(g_abs, wp.vec2), to_wp(g_q, wp.vec3), to_wp(g_c), to_wp(g_o)],
         a["device"],
-        parts=parts,
+        parts=a["parts"],
     )
+    ids = flatten_ids.long()
 
     def fold(t: torch.Tensor, *shape: int) -> torch.Tensor:
-        t = t.reshape(parts, n_flat, *shape)
-        return (t[0] if parts == 1 else t.sum(0)).reshape(c_n, n, *shape)
+        """Sum the per-intersection gradients of each Gaussian (every intersection row is written once)."""
+        out = torch.zeros(c_n * n, *shape, dtype=torch.float32, device=dev)
+        return out.index_add_(0, ids, t.reshape(m_isects, *shape)).reshape(c_n, n, *shape)
 
     return fold(g_m, 2), fold(g_q, 3), fold(g_c, n_ch), fold(g_o), (fold(g_abs, 2) if absgrad else None)

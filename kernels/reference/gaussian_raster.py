@@ -137,6 +137,8 @@ def project(
             mx, my = m2d[:, 0].detach(), m2d[:, 1].detach()
             ok = ok & ~((mx + rx <= 0) | (mx - rx >= width) | (my + ry <= 0) | (my - ry >= height))
         radii = torch.where(ok[:, None], torch.stack([rx, ry], -1), torch.zeros(1, dtype=rx.dtype))
+        if antialiased:  # gsplat leaves the compensation of culled Gaussians at 0
+            opac = torch.where(ok, opac, 0.0)
         keep = ok[:, None]
         out["means2d"].append(torch.where(keep, m2d, 0.0))
         conic = torch.stack([conic_m[:, 0, 0], conic_m[:, 0, 1], conic_m[:, 1, 1]], dim=-1)

@@ -2,10 +2,11 @@
 
 Pipeline (design note ``sparse_view_gs.md`` section 4):
 
-1. EWA projection in vectorised torch -- per Gaussian and cheap, and autograd gives its backward for free
-   (means, quats, scales, opacities). SH colours: :func:`eval_sh_colors` in torch (reference, public), and on
-   the Warp backend one Warp pass each way (:class:`_ShColors`, hand-written backward to the coefficients and
-   the view directions), which replaces dozens of small torch ops that dominated the non-compositing time.
+1. EWA projection in Warp (:mod:`sparse3d.kernels.gaussian_projection`, one thread per Gaussian over all
+   cameras, hand-written backward to means, quats, scales, opacities and viewmats; :class:`_ProjectGaussians`).
+   SH colours: :func:`eval_sh_colors` in torch (public), and on the Warp backend one Warp pass each way
+   (:class:`_ShColors`, hand-written backward to the coefficients and the view directions). Both replace
+   dozens of small torch ops whose forward and autograd backward dominated the non-compositing time.
 2. Tile intersection, key sort and per-tile ranges: :mod:`sparse3d.kernels.gaussian_raster`.
 3. Front-to-back compositing in Warp with a hand-written backward, bridged by :class:`_RasterizeToPixels`.
 
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sparse3d.kernels import gaussian_projection as KP
 from sparse3d.kernels import gaussian_raster as K
 from sparse3d.kernels.backends import RASTER_BACKENDS, select_raster_backend
 from sparse3d.kernels.runtime import check_same_device, check_tensor
@@ -32,25 +34,38 @@ ALPHA_MIN = 1.0 / 255.0
 
 
 # ----------------------------------------------------------------------------------------------- projection
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """(N, 4) wxyz quaternions (normalised here) -> (N, 3, 3) rotations R = I + 2w[v]x + 2[v]x^2.
+class _ProjectGaussians(torch.autograd.Function):
+    """Warp EWA projection (:mod:`sparse3d.kernels.gaussian_projection`) with its hand-written backward.
 
-    Written out entry by entry on (N,) components: a batched 3x3 matmul and a gather (and their backward)
-    cost several times more than these few elementwise ops on the CPU.
+    Gradients reach means, quats, scales, opacities and (when they require it) viewmats; Ks gets none, as in
+    gsplat. The backward recomputes the per-camera quantities from the inputs instead of storing them.
     """
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    x2, y2, z2 = x * x, y * y, z * z
-    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
-    rows = [1 - 2 * (y2 + z2), 2 * (xy - wz), 2 * (xz + wy),
-            2 * (xy + wz), 1 - 2 * (x2 + z2), 2 * (yz - wx),
-            2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (x2 + y2)]
-    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
+    @staticmethod
+    def forward(ctx: Any, means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
+                radius_clip, eps2d, antialiased):
+        out = KP.project_fwd(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
+                             radius_clip, eps2d, antialiased)
+        ctx.save_for_backward(means, quats, scales, opacities, viewmats, Ks, out.radii)
+        ctx.dims = (width, height, eps2d, antialiased)
+        ctx.mark_non_differentiable(out.radii)
+        return tuple(out)
 
-def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """World covariances (N, 3, 3) = R S S^T R^T from wxyz quaternions (normalised here) and scales."""
-    m = quat_to_rotmat(quats) * scales[:, None, :]
-    return m @ m.transpose(-1, -2)
+    @staticmethod
+    def backward(ctx: Any, _v_radii, v_means2d, v_depths, v_conics, v_opacities):
+        means, quats, scales, opacities, viewmats, Ks, radii = ctx.saved_tensors
+        width, height, eps2d, antialiased = ctx.dims
+        c_n, n = radii.shape[:2]
+
+        def grad(v: torch.Tensor | None, *tail: int) -> torch.Tensor:
+            return torch.zeros(c_n, n, *tail, device=means.device) if v is None else v
+
+        g = KP.project_bwd(
+            means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, antialiased, radii,
+            grad(v_means2d, 2), grad(v_depths), grad(v_conics, 3), grad(v_opacities),
+            viewmats_grad=ctx.needs_input_grad[4],
+        )
+        return (g.means, g.quats, g.scales, g.opacities, g.viewmats) + (None,) * 8
 
 
 def project_gaussians(
@@ -62,68 +77,24 @@ def project_gaussians(
     Ks: torch.Tensor,
     width: int,
     height: int,
-    near_plane: float,
-    far_plane: float,
-    radius_clip: float,
-    eps2d: float,
-    antialiased: bool,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    antialiased: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Pinhole EWA projection into every camera, gsplat 1.5.3 rules (``ProjectionEWA3DGSFused.cu``).
+    """Differentiable pinhole EWA projection into every camera, gsplat 1.5.3 rules (Warp kernels).
 
-    Returns (C, N, ...) ``means2d``, ``conics`` (a, b, c of the inverse 2-D covariance), ``depths`` (camera z),
-    ``radii`` int32 (0 = culled), ``opacities`` (times the antialiasing compensation). Culled entries are zero.
-    The radius is gsplat's opacity-aware box: ``ceil(min(3.33, sqrt(2 ln(255 o))) * sqrt(Sigma2D_ii))``; the
-    Jacobian is taken at the camera-space point clamped to 1.3x the half FoV (per side, as gsplat does).
+    Returns (C, N, ...) ``radii`` int32 (0 = culled), ``means2d``, ``depths`` (camera z), ``conics`` (a, b, c of
+    the inverse 2-D covariance) and ``opacities`` (times the antialiasing compensation in that mode). The
+    formulas are in :mod:`sparse3d.kernels.gaussian_projection`; the float64 oracle is
+    :func:`sparse3d.kernels.reference.gaussian_raster.project`.
     """
-    c_n = viewmats.shape[0]
-    rs = quat_to_rotmat(quats) * scales[:, None, :]  # (N, 3, 3) = R S
-    rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]
-    mc = torch.matmul(means, rot.transpose(1, 2)) + trans[:, None, :]  # (C, N, 3)
-    z = mc[..., 2]
-    in_depth = (z >= near_plane) & (z <= far_plane)
-    rz = 1.0 / torch.where(in_depth, z, torch.ones_like(z))  # culled entries kept finite for autograd
-    f, cxy = torch.stack([Ks[:, 0, 0], Ks[:, 1, 1]], -1), torch.stack([Ks[:, 0, 2], Ks[:, 1, 2]], -1)  # (C, 2)
-    size = torch.tensor([float(width), float(height)], device=means.device, dtype=means.dtype)
-    margin = 0.3 * (0.5 * size / f)
-    lim_hi, lim_lo = ((size - cxy) / f + margin)[:, None, :], (-cxy / f - margin)[:, None, :]
-    xy_z = mc[..., :2] * rz[..., None]  # (C, N, 2)
-    uv = torch.clamp(xy_z, min=lim_lo, max=lim_hi)
-    fr = f[:, None, :] * rz[..., None]  # (C, N, 2)
-    jac = torch.cat([torch.diag_embed(fr), (-fr * uv)[..., None]], dim=-1)  # (C, N, 2, 3)
-    q = torch.matmul(torch.matmul(jac, rot[:, None]), rs[None])  # J W R S
-    cov2d = torch.matmul(q, q.transpose(-1, -2))  # (C, N, 2, 2), before the eps2d blur
-    a, b, c = cov2d[..., 0, 0] + eps2d, cov2d[..., 0, 1], cov2d[..., 1, 1] + eps2d
-    det = a * c - b * b
-    ok = in_depth & (det > 0)
-    det_s = torch.where(ok, det, torch.ones_like(det))
-    conics = torch.stack([c, -b, a], dim=-1) / det_s[..., None]
-    opac = opacities[None, :].expand(c_n, -1)
-    if antialiased:
-        # det(Q Q^T) by Cauchy-Binet (sum of squared 2x2 minors of Q = J W R S): no cancellation for needles,
-        # unlike a c - b^2 of the unblurred covariance in float32.
-        q0, q1 = q[..., 0, :], q[..., 1, :]
-        minors = q0 * q1.roll(-1, dims=-1) - q0.roll(-1, dims=-1) * q1
-        ratio = minors.square().sum(-1) / det_s  # det(Sigma2D) / det(Sigma2D + eps2d I)
-        pos = ratio > 0
-        opac = opac * torch.where(pos, torch.sqrt(torch.where(pos, ratio, torch.ones_like(ratio))), 0.0)
-    means2d = f[:, None, :] * xy_z + cxy[:, None, :]
-    with torch.no_grad():
-        o = opac.detach()
-        ext = torch.sqrt(2.0 * torch.log(torch.clamp(o, min=ALPHA_MIN) / ALPHA_MIN)).clamp(max=3.33)
-        diag = torch.stack([a, c], -1).detach()
-        r = torch.ceil(ext[..., None] * torch.sqrt(torch.where(ok[..., None], diag, torch.ones_like(diag))))
-        ok = ok & (o >= ALPHA_MIN) & ~(r <= radius_clip).all(-1)
-        m = means2d.detach()
-        ok = ok & ~((m + r <= 0) | (m - r >= size)).any(-1)
-        radii = torch.where(ok[..., None], r, 0.0).to(torch.int32)
-    keep = ok[..., None]
-    return {
-        "radii": radii,
-        "means2d": torch.where(keep, means2d, 0.0),
-        "depths": torch.where(ok, z, 0.0),
-        "conics": torch.where(keep, conics, 0.0),
-        "opacities": opac,
-    }
+    out = _ProjectGaussians.apply(
+        means, quats, scales, opacities, viewmats, Ks, int(width), int(height), float(near_plane),
+        float(far_plane), float(radius_clip), float(eps2d), bool(antialiased),
+    )
+    return dict(zip(KP.Projection._fields, out))
 
 
 # ---------------------------------------------------------------------------------------------- SH colours

@@ -1,4 +1,4 @@
-"""``sparse3d-bench splatting``: our Gaussian rasterizer (torch projection + Warp compositing) against peers.
+"""``sparse3d-bench splatting``: our Gaussian rasterizer (Warp projection, SH and compositing) against peers.
 
 Rows, for every (resolution, Gaussian count) case:
 
@@ -7,7 +7,7 @@ Rows, for every (resolution, Gaussian count) case:
   form CPU ports of 3DGS take). Backward is the gradient of a fixed random weighting of the image w.r.t. means,
   quats, scales, opacities and SH coefficients. Every row checks, untimed, that both produced the same image
   (and, for backward, the same gradients) and writes the max differences into ``notes``.
-* ``projection`` -- our torch EWA projection vs gsplat's pure-torch ``_fully_fused_projection`` (+ its
+* ``projection`` -- our Warp EWA projection vs gsplat's pure-torch ``_fully_fused_projection`` (+ its
   ``_quat_scale_to_covar_preci``), when gsplat imports on this machine.
 * gsplat's CUDA ``rasterization`` is timed as ``gsplat_cuda_s`` when the run is on a CUDA device.
 
