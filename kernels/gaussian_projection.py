@@ -87,6 +87,56 @@ def _fov_limits(size: float, f: float, cen: float) -> wp.vec2:
     return wp.vec2(-cen / f - margin, (size - cen) / f + margin)
 
 
+@wp.struct
+class _CameraTerms:
+    """One Gaussian seen from one camera: what the forward uses and the backward differentiates."""
+
+    rot: wp.mat33  # world-to-camera rotation W
+    p: wp.vec3  # camera-space mean W m + t
+    fx: float
+    fy: float
+    rz: float  # 1 / z
+    lx: wp.vec2  # x/z clamp limits
+    ly: wp.vec2  # y/z clamp limits
+    u: float  # clamped x/z
+    v: float  # clamped y/z
+    a_mat: wp.mat33  # W R S
+    j0: wp.vec3  # Jacobian rows
+    j1: wp.vec3
+    q0: wp.vec3  # rows of Q = J W R S
+    q1: wp.vec3
+    a: float  # Sigma2D = [[a, b], [b, c]] including the eps2d blur
+    b: float
+    c: float
+    det: float
+
+
+@wp.func
+def _camera_terms(vm: wp.mat44, k: wp.mat33, m: wp.vec3, rs: wp.mat33, width: int, height: int,
+                  eps2d: float) -> _CameraTerms:
+    """The EWA terms of one (camera, Gaussian) pair (for z outside (0, inf) they are not meaningful)."""
+    t = _CameraTerms()
+    t.rot = wp.mat33(vm[0, 0], vm[0, 1], vm[0, 2], vm[1, 0], vm[1, 1], vm[1, 2], vm[2, 0], vm[2, 1], vm[2, 2])
+    t.p = t.rot @ m + wp.vec3(vm[0, 3], vm[1, 3], vm[2, 3])
+    t.fx = k[0, 0]
+    t.fy = k[1, 1]
+    t.rz = 1.0 / t.p[2]
+    t.lx = _fov_limits(float(width), t.fx, k[0, 2])
+    t.ly = _fov_limits(float(height), t.fy, k[1, 2])
+    t.u = wp.clamp(t.p[0] * t.rz, t.lx[0], t.lx[1])
+    t.v = wp.clamp(t.p[1] * t.rz, t.ly[0], t.ly[1])
+    t.a_mat = t.rot @ rs
+    t.j0 = wp.vec3(t.fx * t.rz, 0.0, -t.fx * t.rz * t.u)
+    t.j1 = wp.vec3(0.0, t.fy * t.rz, -t.fy * t.rz * t.v)
+    t.q0 = wp.transpose(t.a_mat) @ t.j0
+    t.q1 = wp.transpose(t.a_mat) @ t.j1
+    t.a = wp.dot(t.q0, t.q0) + eps2d
+    t.b = wp.dot(t.q0, t.q1)
+    t.c = wp.dot(t.q1, t.q1) + eps2d
+    t.det = t.a * t.c - t.b * t.b
+    return t
+
+
 @wp.kernel
 def _project_fwd_kernel(
     offset: int,
@@ -116,14 +166,8 @@ def _project_fwd_kernel(
     s = scales[i]
     o = opacities[i]
     rs = _rotmat(_unit(quats[i])) @ wp.diag(s)  # R S
-    fw = float(width)
-    fh = float(height)
     for c in range(n_cams):
         f = c * n + i
-        vm = viewmats[c]
-        rot = wp.mat33(vm[0, 0], vm[0, 1], vm[0, 2], vm[1, 0], vm[1, 1], vm[1, 2], vm[2, 0], vm[2, 1], vm[2, 2])
-        p = rot @ m + wp.vec3(vm[0, 3], vm[1, 3], vm[2, 3])
-        z = p[2]
         radii[f] = wp.vec2i(0, 0)
         means2d[f] = wp.vec2(0.0, 0.0)
         depths[f] = 0.0
@@ -132,45 +176,31 @@ def _project_fwd_kernel(
             opac_out[f] = 0.0
         else:
             opac_out[f] = o
+        k = Ks[c]
+        t = _camera_terms(viewmats[c], k, m, rs, width, height, eps2d)
+        z = t.p[2]
         if z < near or z > far:
             continue
-        k = Ks[c]
-        fx = k[0, 0]
-        fy = k[1, 1]
-        rz = 1.0 / z
-        xz = p[0] * rz
-        yz = p[1] * rz
-        lx = _fov_limits(fw, fx, k[0, 2])
-        ly = _fov_limits(fh, fy, k[1, 2])
-        u = wp.clamp(xz, lx[0], lx[1])
-        v = wp.clamp(yz, ly[0], ly[1])
-        a_mat = rot @ rs
-        q0 = wp.transpose(a_mat) @ wp.vec3(fx * rz, 0.0, -fx * rz * u)
-        q1 = wp.transpose(a_mat) @ wp.vec3(0.0, fy * rz, -fy * rz * v)
-        a = wp.dot(q0, q0) + eps2d
-        b = wp.dot(q0, q1)
-        cc = wp.dot(q1, q1) + eps2d
-        det = a * cc - b * b
-        if not (det > 0.0):
+        if not (t.det > 0.0):
             continue
         op = o
         if antialiased != 0:
-            ratio = wp.length_sq(_minors(q0, q1)) / det
+            ratio = wp.length_sq(_minors(t.q0, t.q1)) / t.det
             op = 0.0
             if ratio > 0.0:
                 op = o * wp.sqrt(ratio)
-        m2 = wp.vec2(fx * xz + k[0, 2], fy * yz + k[1, 2])
+        m2 = wp.vec2(t.fx * (t.p[0] * t.rz) + k[0, 2], t.fy * (t.p[1] * t.rz) + k[1, 2])
         ext = wp.min(wp.sqrt(2.0 * wp.log(wp.max(op, ALPHA_MIN) / ALPHA_MIN)), EXTENT_MAX)
-        rx = wp.ceil(ext * wp.sqrt(a))
-        ry = wp.ceil(ext * wp.sqrt(cc))
+        rx = wp.ceil(ext * wp.sqrt(t.a))
+        ry = wp.ceil(ext * wp.sqrt(t.c))
         if op < ALPHA_MIN or (rx <= radius_clip and ry <= radius_clip):
             continue
-        if m2[0] + rx <= 0.0 or m2[0] - rx >= fw or m2[1] + ry <= 0.0 or m2[1] - ry >= fh:
+        if m2[0] + rx <= 0.0 or m2[0] - rx >= float(width) or m2[1] + ry <= 0.0 or m2[1] - ry >= float(height):
             continue
         radii[f] = wp.vec2i(int(rx), int(ry))
         means2d[f] = m2
         depths[f] = z
-        conics[f] = wp.vec3(cc / det, -b / det, a / det)
+        conics[f] = wp.vec3(t.c / t.det, -t.b / t.det, t.a / t.det)
         opac_out[f] = op
 
 
@@ -214,8 +244,6 @@ def _project_bwd_kernel(
     qn = _unit(quats[i])
     rq = _rotmat(qn)
     rs = rq @ wp.diag(s)
-    fw = float(width)
-    fh = float(height)
     g_m = wp.vec3(0.0, 0.0, 0.0)
     g_rs = wp.mat33(0.0)  # d/d(R S), summed over cameras
     g_o = wp.float32(0.0)
@@ -230,29 +258,27 @@ def _project_bwd_kernel(
                 v_rot[f] = wp.mat33(0.0)
                 v_trans[f] = wp.vec3(0.0, 0.0, 0.0)
             continue
-        vm = viewmats[c]
-        rot = wp.mat33(vm[0, 0], vm[0, 1], vm[0, 2], vm[1, 0], vm[1, 1], vm[1, 2], vm[2, 0], vm[2, 1], vm[2, 2])
-        p = rot @ m + wp.vec3(vm[0, 3], vm[1, 3], vm[2, 3])
-        z = p[2]
-        k = Ks[c]
-        fx = k[0, 0]
-        fy = k[1, 1]
-        rz = 1.0 / z
+        t = _camera_terms(viewmats[c], Ks[c], m, rs, width, height, eps2d)
+        rot = t.rot
+        p = t.p
+        fx = t.fx
+        fy = t.fy
+        rz = t.rz
         xz = p[0] * rz
         yz = p[1] * rz
-        lx = _fov_limits(fw, fx, k[0, 2])
-        ly = _fov_limits(fh, fy, k[1, 2])
-        u = wp.clamp(xz, lx[0], lx[1])
-        v = wp.clamp(yz, ly[0], ly[1])
-        a_mat = rot @ rs
-        j0 = wp.vec3(fx * rz, 0.0, -fx * rz * u)
-        j1 = wp.vec3(0.0, fy * rz, -fy * rz * v)
-        q0 = wp.transpose(a_mat) @ j0
-        q1 = wp.transpose(a_mat) @ j1
-        a = wp.dot(q0, q0) + eps2d
-        b = wp.dot(q0, q1)
-        cc = wp.dot(q1, q1) + eps2d
-        det = a * cc - b * b
+        lx = t.lx
+        ly = t.ly
+        u = t.u
+        v = t.v
+        a_mat = t.a_mat
+        j0 = t.j0
+        j1 = t.j1
+        q0 = t.q0
+        q1 = t.q1
+        a = t.a
+        b = t.b
+        cc = t.c
+        det = t.det
         inv_det = 1.0 / det
         vq = v_conics[f]
         # conic = (c, -b, a) / det with det = a c - b^2

@@ -278,6 +278,17 @@ def _tile_of(gtile: int, tile_size: int, tiles_x: int, n_tiles: int, width: int,
     return wp.vec4i(row0, wp.min(row0 + tile_size, height), col0, wp.min(col0 + tile_size, width))
 
 
+@wp.func
+def _box_in_tile(records: wp.array2d(dtype=wp.float32), g: int, row0: int, row1: int, col0: int,
+                 col1: int) -> wp.vec4i:
+    """(first row, last row, first column, last column) of Gaussian ``g``'s pixel box inside the tile (rows
+    [row0, row1), columns [col0, col1)); empty when first > last."""
+    return wp.vec4i(
+        wp.max(row0, int(records[g, REC_BOX + 1])), wp.min(row1 - 1, int(records[g, REC_BOX + 3])),
+        wp.max(col0, int(records[g, REC_BOX])), wp.min(col1 - 1, int(records[g, REC_BOX + 2])),
+    )
+
+
 @wp.kernel
 def _raster_fwd_kernel(
     part: int,
@@ -339,13 +350,12 @@ def _raster_fwd_kernel(
     active = (row1 - row0) * (col1 - col0)
     for idx in range(start, end):
         g = int(flatten_ids[idx])
-        r0 = wp.max(row0, int(records[g, REC_BOX + 1]))
-        r1 = wp.min(row1 - 1, int(records[g, REC_BOX + 3]))
-        if r0 > r1:
-            continue
-        cl = wp.max(col0, int(records[g, REC_BOX]))
-        ch = wp.min(col1 - 1, int(records[g, REC_BOX + 2]))
-        if cl > ch:
+        rc = _box_in_tile(records, g, row0, row1, col0, col1)
+        r0 = rc[0]
+        r1 = rc[1]
+        cl = rc[2]
+        ch = rc[3]
+        if r0 > r1 or cl > ch:
             continue
         m = wp.vec2(records[g, REC_MEAN], records[g, REC_MEAN + 1])
         q = wp.vec3(records[g, REC_CONIC], records[g, REC_CONIC + 1], records[g, REC_CONIC + 2])
@@ -489,13 +499,12 @@ def _raster_bwd_kernel(
     for r in range(tile_last - start + 1):
         idx = tile_last - r
         g = int(flatten_ids[idx])
-        r0 = wp.max(row0, int(records[g, REC_BOX + 1]))
-        r1 = wp.min(row1 - 1, int(records[g, REC_BOX + 3]))
-        if r0 > r1:
-            continue
-        cl = wp.max(col0, int(records[g, REC_BOX]))
-        ch = wp.min(col1 - 1, int(records[g, REC_BOX + 2]))
-        if cl > ch:
+        rc = _box_in_tile(records, g, row0, row1, col0, col1)
+        r0 = rc[0]
+        r1 = rc[1]
+        cl = rc[2]
+        ch = rc[3]
+        if r0 > r1 or cl > ch:
             continue
         m = wp.vec2(records[g, REC_MEAN], records[g, REC_MEAN + 1])
         q = wp.vec3(records[g, REC_CONIC], records[g, REC_CONIC + 1], records[g, REC_CONIC + 2])
