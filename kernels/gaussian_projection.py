@@ -259,35 +259,17 @@ def _project_bwd_kernel(
                 v_trans[f] = wp.vec3(0.0, 0.0, 0.0)
             continue
         t = _camera_terms(viewmats[c], Ks[c], m, rs, width, height, eps2d)
-        rot = t.rot
-        p = t.p
-        fx = t.fx
-        fy = t.fy
-        rz = t.rz
-        xz = p[0] * rz
-        yz = p[1] * rz
-        lx = t.lx
-        ly = t.ly
-        u = t.u
-        v = t.v
-        a_mat = t.a_mat
-        j0 = t.j0
-        j1 = t.j1
-        q0 = t.q0
-        q1 = t.q1
-        a = t.a
-        b = t.b
-        cc = t.c
-        det = t.det
-        inv_det = 1.0 / det
+        xz = t.p[0] * t.rz
+        yz = t.p[1] * t.rz
+        inv_det = 1.0 / t.det
         vq = v_conics[f]
         # conic = (c, -b, a) / det with det = a c - b^2
-        v_det = -(vq[0] * cc - vq[1] * b + vq[2] * a) * inv_det * inv_det
+        v_det = -(vq[0] * t.c - vq[1] * t.b + vq[2] * t.a) * inv_det * inv_det
         g_q0 = wp.vec3(0.0, 0.0, 0.0)
         g_q1 = wp.vec3(0.0, 0.0, 0.0)
         v_op = v_opac_out[f]
         if antialiased != 0:
-            mn = _minors(q0, q1)
+            mn = _minors(t.q0, t.q1)
             mdet = wp.length_sq(mn)
             ratio = mdet * inv_det
             if ratio > 0.0:
@@ -296,7 +278,9 @@ def _project_bwd_kernel(
                 v_ratio = v_op * o * 0.5 / comp
                 v_det += -v_ratio * ratio * inv_det
                 v_mdet = v_ratio * inv_det
-                # d(sum of squared minors)/d q0, q1 (minor k uses columns (k, k+1) cyclically)
+                # d(sum of squared minors)/d(q0, q1) (minor k uses columns (k, k+1) cyclically)
+                q0 = t.q0
+                q1 = t.q1
                 g_q0 += 2.0 * v_mdet * wp.vec3(
                     mn[0] * q1[1] - mn[2] * q1[2], mn[1] * q1[2] - mn[0] * q1[0], mn[2] * q1[0] - mn[1] * q1[1]
                 )
@@ -305,27 +289,27 @@ def _project_bwd_kernel(
                 )
         else:
             g_o += v_op
-        v_a = vq[2] * inv_det + v_det * cc
-        v_b = -vq[1] * inv_det - 2.0 * b * v_det
-        v_c = vq[0] * inv_det + v_det * a
-        g_q0 += 2.0 * v_a * q0 + v_b * q1
-        g_q1 += 2.0 * v_c * q1 + v_b * q0
+        v_a = vq[2] * inv_det + v_det * t.c
+        v_b = -vq[1] * inv_det - 2.0 * t.b * v_det
+        v_c = vq[0] * inv_det + v_det * t.a
+        g_q0 += 2.0 * v_a * t.q0 + v_b * t.q1
+        g_q1 += 2.0 * v_c * t.q1 + v_b * t.q0
         # Q rows q_r = A^T j_r
-        g_a = wp.outer(j0, g_q0) + wp.outer(j1, g_q1)
-        g_j0 = a_mat @ g_q0
-        g_j1 = a_mat @ g_q1
-        v_rz = fx * g_j0[0] - fx * u * g_j0[2] + fy * g_j1[1] - fy * v * g_j1[2]
+        g_a = wp.outer(t.j0, g_q0) + wp.outer(t.j1, g_q1)
+        g_j0 = t.a_mat @ g_q0
+        g_j1 = t.a_mat @ g_q1
+        v_rz = t.fx * g_j0[0] - t.fx * t.u * g_j0[2] + t.fy * g_j1[1] - t.fy * t.v * g_j1[2]
         vm2 = v_means2d[f]
-        g_xz = fx * vm2[0]
-        g_yz = fy * vm2[1]
-        if xz >= lx[0] and xz <= lx[1]:
-            g_xz += -fx * rz * g_j0[2]
-        if yz >= ly[0] and yz <= ly[1]:
-            g_yz += -fy * rz * g_j1[2]
-        v_rz += g_xz * p[0] + g_yz * p[1]
-        g_p = wp.vec3(g_xz * rz, g_yz * rz, -v_rz * rz * rz + v_depths[f])
-        g_m += wp.transpose(rot) @ g_p
-        g_rs += wp.transpose(rot) @ g_a
+        g_xz = t.fx * vm2[0]
+        g_yz = t.fy * vm2[1]
+        if xz >= t.lx[0] and xz <= t.lx[1]:
+            g_xz += -t.fx * t.rz * g_j0[2]
+        if yz >= t.ly[0] and yz <= t.ly[1]:
+            g_yz += -t.fy * t.rz * g_j1[2]
+        v_rz += g_xz * t.p[0] + g_yz * t.p[1]
+        g_p = wp.vec3(g_xz * t.rz, g_yz * t.rz, -v_rz * t.rz * t.rz + v_depths[f])
+        g_m += wp.transpose(t.rot) @ g_p
+        g_rs += wp.transpose(t.rot) @ g_a
         if want_view != 0:
             v_rot[f] = wp.outer(g_p, m) + g_a @ wp.transpose(rs)
             v_trans[f] = g_p
