@@ -750,6 +750,7 @@ class RasterOutputs(NamedTuple):
     transmittance: torch.Tensor  # (C, H, W) final T (kept separately: 1 - alpha loses precision near T = 0)
     last_ids: torch.Tensor  # (C, H, W) int32 index of the last contributing intersection, -1 if none
     median_depths: torch.Tensor  # (C, H, W, 1)
+    records: torch.Tensor  # (C * N, record_width) per-Gaussian records; pass to the backward to skip rebuilding
 
 
 def tile_bits_for(n_tiles: int) -> int:
@@ -828,6 +829,33 @@ def tile_offsets(isect_ids: torch.Tensor, n_cameras: int, tiles_x: int, tiles_y:
     return offsets.reshape(n_cameras, tiles_y, tiles_x)
 
 
+def _build_records(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    depths: torch.Tensor | None,
+    width: int,
+    height: int,
+    shape: tuple[int, int],
+) -> torch.Tensor:
+    """Every Gaussian's compositing record (:func:`_records_kernel`); depth 0 when ``depths`` is None."""
+    dev = means2d.device
+    records = torch.empty(shape, dtype=torch.float32, device=dev)
+    d = depths if depths is not None else torch.zeros(1, dtype=torch.float32, device=dev)
+    n_ch = colors.shape[-1]
+    launch(
+        _records_kernel, shape[0],
+        [to_wp(means2d.detach().reshape(-1, 2).contiguous(), wp.vec2),
+         to_wp(conics.detach().reshape(-1, 3).contiguous(), wp.vec3),
+         to_wp(opacities.detach().reshape(-1).contiguous()), to_wp(d.detach().reshape(-1).contiguous()),
+         int(depths is not None), to_wp(colors.detach().reshape(-1, n_ch).contiguous()), width, height,
+         to_wp(records)],
+        wp_device(means2d),
+    )
+    return records
+
+
 def _prep(
     means2d: torch.Tensor,
     conics: torch.Tensor,
@@ -839,6 +867,7 @@ def _prep(
     flatten_ids: torch.Tensor,
     width: int,
     height: int,
+    records: torch.Tensor | None = None,
 ) -> dict:
     """Validate the compositing inputs and build every Gaussian's record (:func:`_records_kernel`)."""
     c_n, n = _check_projected(means2d, conics=conics, colors=colors, opacities=opacities, depths=depths)
@@ -863,17 +892,13 @@ def _prep(
     else:
         bg = torch.zeros(1, n_ch, dtype=torch.float32, device=dev)
     wdev = wp_device(means2d)
-    records = torch.empty(c_n * n, record_width(n_ch), dtype=torch.float32, device=dev)
-    d = depths if depths is not None else torch.zeros(1, dtype=torch.float32, device=dev)
-    launch(
-        _records_kernel, c_n * n,
-        [to_wp(means2d.detach().reshape(-1, 2).contiguous(), wp.vec2),
-         to_wp(conics.detach().reshape(-1, 3).contiguous(), wp.vec3),
-         to_wp(opacities.detach().reshape(-1).contiguous()), to_wp(d.detach().reshape(-1).contiguous()),
-         int(depths is not None), to_wp(colors.detach().reshape(-1, n_ch).contiguous()), width, height,
-         to_wp(records)],
-        wdev,
-    )
+    shape = (c_n * n, record_width(n_ch))
+    if records is not None:  # built by the forward pass of the same inputs
+        check_tensor("records", records, torch.float32, ndim=2)
+        if tuple(records.shape) != shape:
+            raise ValueError(f"records must have shape {shape}, got {tuple(records.shape)}")
+    else:
+        records = _build_records(means2d, conics, colors, opacities, depths, width, height, shape)
     tiles_y, tiles_x = isect_offsets.shape[1], isect_offsets.shape[2]
     dim = c_n * tiles_y * tiles_x  # one thread per tile
     return {
@@ -933,7 +958,7 @@ def rasterize_to_pixels_fwd(
     shape = (c_n, height, width)
     return RasterOutputs(
         out_c.reshape(*shape, n_ch), out_a.reshape(*shape, 1), out_t.reshape(shape), last.reshape(shape),
-        med.reshape(*shape, 1),
+        med.reshape(*shape, 1), a["records"],
     )
 
 
@@ -953,9 +978,11 @@ def rasterize_to_pixels_bwd(
     v_colors: torch.Tensor,
     v_alphas: torch.Tensor,
     absgrad: bool = False,
+    records: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients w.r.t. means2d (C,N,2), conics (C,N,3), colors (C,N,D), opacities (C,N) [+ |means2d| sums]."""
-    a = _prep(means2d, conics, colors, opacities, None, backgrounds, isect_offsets, flatten_ids, width, height)
+    a = _prep(means2d, conics, colors, opacities, None, backgrounds, isect_offsets, flatten_ids, width, height,
+              records)
     c_n, n, n_ch, dev = a["c_n"], a["n"], a["n_ch"], a["torch_device"]
     m_isects = a["n_isects"]
     n_pix = c_n * height * width

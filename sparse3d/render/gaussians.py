@@ -173,7 +173,7 @@ class _RasterizeToPixels(torch.autograd.Function):
         )
         ctx.save_for_backward(
             means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, out.transmittance,
-            out.last_ids,
+            out.last_ids, out.records,
         )
         ctx.dims = (width, height, tile_size, absgrad)
         ctx.mark_non_differentiable(out.median_depths)
@@ -181,7 +181,7 @@ class _RasterizeToPixels(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, v_colors: torch.Tensor, v_alphas: torch.Tensor, _v_median: torch.Tensor):
-        means2d, conics, colors, opacities, backgrounds, offsets, flat_ids, trans, last_ids = ctx.saved_tensors
+        means2d, conics, colors, opacities, backgrounds, offsets, flat_ids, trans, last_ids, records = ctx.saved_tensors
         width, height, tile_size, absgrad = ctx.dims
         c_n = means2d.shape[0]
         if v_colors is None:
@@ -190,7 +190,7 @@ class _RasterizeToPixels(torch.autograd.Function):
             v_alphas = torch.zeros(c_n, height, width, 1, device=means2d.device)
         v_m, v_q, v_c, v_o, v_abs = K.rasterize_to_pixels_bwd(
             means2d, conics, colors, opacities, backgrounds, offsets, flat_ids, width, height, tile_size, trans,
-            last_ids, v_colors, v_alphas, absgrad,
+            last_ids, v_colors, v_alphas, absgrad, records,
         )
         if absgrad:
             means2d.absgrad = v_abs  # AbsGS densification statistic, like gsplat

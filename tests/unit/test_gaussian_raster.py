@@ -333,6 +333,17 @@ def test_compositing_kernels_on_raw_2d_gaussians() -> None:
     _close(out.alphas, ref[1])
     _close(out.median_depths, ref[2])
     _close(out.transmittance[..., None], 1 - ref[1])
+    # The backward given the forward's records equals the one that rebuilds them; a wrong shape is refused.
+    v_c, v_a = torch.rand(c_n, H, W, 4, generator=g), torch.rand(c_n, H, W, 1, generator=g)
+    args = (means2d, conics, colors, opac, None, isect.isect_offsets, isect.flatten_ids, W, H, 16,
+            out.transmittance, out.last_ids, v_c, v_a, True)
+    rebuilt = K.rasterize_to_pixels_bwd(*args)
+    reused = K.rasterize_to_pixels_bwd(*args, records=out.records)
+    assert float(rebuilt[0].abs().sum()) > 0
+    for a, b in zip(rebuilt, reused):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="records must have shape"):
+        K.rasterize_to_pixels_bwd(*args, records=out.records[:, :8])
 
 
 # ------------------------------------------------------------------------------------------ intersections
