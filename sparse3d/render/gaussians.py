@@ -30,7 +30,6 @@ from sparse3d.kernels.runtime import check_same_device, check_tensor
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 RASTERIZE_MODES = ("classic", "antialiased")
 MAX_SH_DEGREE = 3
-ALPHA_MIN = 1.0 / 255.0
 
 
 # ----------------------------------------------------------------------------------------------- projection

@@ -464,7 +464,7 @@ def test_non_contiguous_inputs() -> None:
 
 def test_sh_and_projection_match_gsplat_torch_impl() -> None:
     impl = pytest.importorskip("gsplat.cuda._torch_impl", reason="gsplat not installed")
-    from sparse3d.render.gaussians import eval_sh_colors, project_gaussians
+    from sparse3d.render.gaussians import eval_sh_colors
 
     g = torch.Generator().manual_seed(3)
     coeffs, dirs = torch.randn(300, 16, 3, generator=g), torch.randn(300, 3, generator=g)
