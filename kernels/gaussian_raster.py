@@ -653,8 +653,9 @@ def _sh_fwd_kernel(
         u = d / wp.max(wp.length(d), 1.0e-12)
         b = _sh_basis(u[0], u[1], u[2], degree)
         acc = wp.vec3(0.0, 0.0, 0.0)
-        for k in range(nb):
-            acc += b[k] * wp.vec3(coeffs[i, k, 0], coeffs[i, k, 1], coeffs[i, k, 2])
+        for k in range(16):  # constant bound: unrolled, so b[k] is a register (bands past ``degree`` skipped)
+            if k < nb:
+                acc += b[k] * wp.vec3(coeffs[i, k, 0], coeffs[i, k, 1], coeffs[i, k, 2])
         acc += wp.vec3(0.5, 0.5, 0.5)
         out[f] = wp.vec3(wp.max(acc[0], 0.0), wp.max(acc[1], 0.0), wp.max(acc[2], 0.0))
 
@@ -681,8 +682,9 @@ def _sh_bwd_kernel(
         u = d / wp.max(nrm, 1.0e-12)
         b = _sh_basis(u[0], u[1], u[2], degree)
         acc = wp.vec3(0.0, 0.0, 0.0)
-        for k in range(nb):
-            acc += b[k] * wp.vec3(coeffs[i, k, 0], coeffs[i, k, 1], coeffs[i, k, 2])
+        for k in range(16):
+            if k < nb:
+                acc += b[k] * wp.vec3(coeffs[i, k, 0], coeffs[i, k, 1], coeffs[i, k, 2])
         acc += wp.vec3(0.5, 0.5, 0.5)
         # clamp_min(x, 0) passes the gradient where x >= 0 (torch's rule).
         vc = v_colors[f]
@@ -690,7 +692,9 @@ def _sh_bwd_kernel(
         g1 = wp.where(acc[1] >= 0.0, vc[1], 0.0)
         g2 = wp.where(acc[2] >= 0.0, vc[2], 0.0)
         vb = _vec16()
-        for k in range(nb):
+        for k in range(16):
+            if k >= nb:
+                continue
             if c == 0:  # the first camera writes (the output is not zero-filled), later ones add
                 v_coeffs[i, k, 0] = b[k] * g0
                 v_coeffs[i, k, 1] = b[k] * g1

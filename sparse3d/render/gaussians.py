@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from sparse3d.kernels import gaussian_projection as KP
 from sparse3d.kernels import gaussian_raster as K
 from sparse3d.kernels.backends import RASTER_BACKENDS, select_raster_backend
-from sparse3d.kernels.runtime import check_same_device, check_tensor
+from sparse3d.kernels.runtime import check_same_device, check_tensor, serial_torch_ops
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 RASTERIZE_MODES = ("classic", "antialiased")
@@ -51,6 +51,7 @@ class _ProjectGaussians(torch.autograd.Function):
         return tuple(out)
 
     @staticmethod
+    @serial_torch_ops()
     def backward(ctx: Any, _v_radii, v_means2d, v_depths, v_conics, v_opacities):
         means, quats, scales, opacities, viewmats, Ks, radii = ctx.saved_tensors
         width, height, eps2d, antialiased = ctx.dims
@@ -139,6 +140,7 @@ class _ShColors(torch.autograd.Function):
         return K.sh_colors_fwd(degree, dirs, coeffs)
 
     @staticmethod
+    @serial_torch_ops()
     def backward(ctx: Any, v_colors: torch.Tensor):
         dirs, coeffs = ctx.saved_tensors
         v_dirs, v_coeffs = K.sh_colors_bwd(ctx.degree, dirs, coeffs, v_colors)
@@ -179,6 +181,7 @@ class _RasterizeToPixels(torch.autograd.Function):
         return out.colors, out.alphas, out.median_depths
 
     @staticmethod
+    @serial_torch_ops()
     def backward(ctx: Any, v_colors: torch.Tensor, v_alphas: torch.Tensor, _v_median: torch.Tensor):
         means2d, conics, colors, opacities, backgrounds, offsets, flat_ids, trans, last_ids, records = ctx.saved_tensors
         width, height, tile_size, absgrad = ctx.dims
@@ -322,6 +325,7 @@ def rasterize_gaussians(
     return _rasterize_warp(*args, n_ch=n_ch, **opts)
 
 
+@serial_torch_ops()  # torch glue between Warp launches: see serial_torch_ops
 def _rasterize_warp(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, *, near_plane, far_plane, radius_clip,
     eps2d, sh_degree, backgrounds, render_mode, rasterize_mode, tile_size, absgrad, n_ch,

@@ -18,6 +18,7 @@ import torch
 from sparse3d.kernels import gaussian_projection as KP
 from sparse3d.kernels import gaussian_raster as K
 from sparse3d.kernels.reference import gaussian_raster as R
+from sparse3d.kernels.runtime import serial_torch_ops
 from sparse3d.render import rasterize_gaussians
 from sparse3d.render.gaussians import project_gaussians
 
@@ -303,6 +304,33 @@ def test_cpu_partitioning_does_not_change_results(monkeypatch) -> None:
         assert torch.equal(results[0][0], other[0])
         for a, b in zip(results[0][1:], other[1:]):
             assert _rel(b, a) < 1e-6  # only the float summation order differs
+
+
+def test_torch_glue_runs_serial_and_the_thread_count_comes_back(monkeypatch) -> None:
+    """Inside the rasterizer (forward and backward) torch runs on one thread; the caller's count is restored
+    afterwards, after nested use and after an error."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[int] = []
+        for name in ("rasterize_to_pixels_fwd", "rasterize_to_pixels_bwd"):
+            real = getattr(K, name)
+            monkeypatch.setattr(K, name, lambda *a, _f=real, **k: seen.append(torch.get_num_threads()) or _f(*a, **k))
+        params = {k: v.clone().requires_grad_(True) for k, v in _scene(4).items()}
+        img, alpha, _ = _render(params, *_cameras(1))
+        assert torch.get_num_threads() == 2
+        (img.sum() + alpha.sum()).backward()
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        with serial_torch_ops():
+            with serial_torch_ops():
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="boom"), serial_torch_ops():
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_compositing_kernels_on_raw_2d_gaussians() -> None:
