@@ -259,6 +259,29 @@ def test_gradients_match_reference(seed: int, n_cams: int, sh_degree, mode: str)
         assert _rel(ours[name], r) < 1e-4, (name, _rel(ours[name], r))
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGB+D"])
+def test_wide_feature_images_match_reference(mode: str) -> None:
+    """Feature images wider than the unrolled channel count (K.LOCAL_CH) take the kernels' generic channel
+    loop: values, alpha and every gradient (backgrounds included) still match the oracle."""
+    scene = _scene(8)
+    g = torch.Generator().manual_seed(8)
+    n_feat = int(K.LOCAL_CH) + 2
+    scene["colors"] = torch.rand(scene["means"].shape[0], n_feat, generator=g)
+    bg = torch.rand(2, n_feat, generator=g)
+    vm, Ks = _cameras(2)
+    img, alpha, _ = _render(scene, vm, Ks, render_mode=mode, backgrounds=bg)
+    r_img, r_alpha, _ = _render(scene, vm, Ks, fn=R.rasterize_gaussians, dtype=torch.float64, render_mode=mode,
+                                backgrounds=bg)
+    assert img.shape[-1] == n_feat + (mode == "RGB+D")
+    _close(img, r_img)
+    _close(alpha, r_alpha)
+    ours = _grads(scene, vm, Ks, rasterize_gaussians, torch.float32, bg=bg, render_mode=mode)
+    ref = _grads(scene, vm, Ks, R.rasterize_gaussians, torch.float64, bg=bg, render_mode=mode)
+    for name, r in ref.items():
+        assert float(r.norm()) > 0, name
+        assert _rel(ours[name], r) < 1e-4, (name, _rel(ours[name], r))
+
+
 def test_antialiased_gradients_match_reference() -> None:
     scene = _scene(8)
     vm, Ks = _cameras(2)
