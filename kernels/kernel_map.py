@@ -15,7 +15,8 @@ feeds through offset ``k``: convolution backward then is the same gather as forw
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import warp as wp
@@ -32,7 +33,8 @@ from sparse3d.kernels.runtime import check_tensor, init, launch, to_wp, wp_devic
 from sparse3d.kernels.sparse_conv import PairLists, pair_lists
 
 
-class KernelMap(NamedTuple):
+@dataclass(eq=False)
+class KernelMap:
     """Neighbour tables of one sparse convolution."""
 
     out_coords: torch.Tensor
@@ -43,8 +45,17 @@ class KernelMap(NamedTuple):
     """(M_out, K) int32: input row feeding output o through offset k, or -1."""
     nbr_t: torch.Tensor
     """(M_in, K) int32: output row fed by input i through offset k, or -1."""
-    pairs: PairLists | None = None
-    """Active (input, output) pairs grouped by offset, what the convolution itself iterates over."""
+    identity: int = -1
+    """Offset that maps every output onto the same input row (a submanifold centre), or -1."""
+
+    @cached_property
+    def pairs(self) -> PairLists:
+        """Active (input, output) pairs grouped by offset, built on first use and shared by every layer on this map.
+
+        The Warp convolution reads ``nbr`` directly; only the weight gradient and the torch fallback for channel
+        counts that are not a multiple of 16 iterate over pairs, so inference never pays for them.
+        """
+        return pair_lists(self.nbr, self.nbr_t.shape[0], identity=self.identity)
 
 
 def triple(v: int | Sequence[int], name: str) -> tuple[int, int, int]:
@@ -215,7 +226,7 @@ def submanifold_map(
     # transposed map of a submanifold conv is the map with its offset axis reversed.
     nbr_t = nbr.flip(1).contiguous()
     centre = num_k // 2  # odd kernel: the middle offset maps every voxel onto itself
-    return KernelMap(coords, tuple(grid), nbr, nbr_t, pair_lists(nbr, m, identity=centre))  # type: ignore[arg-type]
+    return KernelMap(coords, tuple(grid), nbr, nbr_t, identity=centre)  # type: ignore[arg-type]
 
 
 def conv_output_grid(
@@ -273,10 +284,9 @@ def strided_map(
     out_coords = decode_keys(out_keys, out_grid)
     nbr_t = inverse.to(torch.int32).reshape(m, num_k)
     nbr = transpose_map(nbr_t, out_coords.shape[0])
-    return KernelMap(out_coords, out_grid, nbr, nbr_t, pair_lists(nbr, m))
+    return KernelMap(out_coords, out_grid, nbr, nbr_t)
 
 
 def inverse_map(forward: KernelMap, in_coords: torch.Tensor, in_grid: tuple[int, int, int]) -> KernelMap:
     """Map of the inverse convolution of a strided conv: back to the strided conv's input sites."""
-    pairs = pair_lists(forward.nbr_t, forward.out_coords.shape[0])
-    return KernelMap(in_coords, tuple(in_grid), forward.nbr_t, forward.nbr, pairs)  # type: ignore[arg-type]
+    return KernelMap(in_coords, tuple(in_grid), forward.nbr_t, forward.nbr)  # type: ignore[arg-type]

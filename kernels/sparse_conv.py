@@ -1,21 +1,127 @@
-"""Sparse convolution as gather -> GEMM -> scatter per kernel offset, with a hand-written backward.
+"""Sparse convolution on a kernel map, with a hand-written backward.
 
-For each offset k the kernel map (built by the Warp kernels of :mod:`sparse3d.kernels.kernel_map`) gives
-pairs (input i, output o): ``out[o] += x[i] @ W[k]``. Only active pairs are computed (a 3x3x3 submanifold conv
-on LiDAR voxels touches ~40 % of its 27 neighbours). The dense per-block work -- row gather, GEMM, row
-scatter-add -- goes to torch (BLAS and its vectorised index kernels), in cache-sized blocks through reused
-buffers: measured 2-3x faster on the CPU than Warp row-copy kernels, and the same code runs on CUDA. Backward is the same pattern with the roles of inputs and outputs
-swapped (``grad_x[i] += grad[o] @ W[k]^T``) plus ``grad_W[k] = x[in_k]^T @ grad[out_k]``. Unlike spconv's CPU
-build this trains on the CPU; the same Warp gather/scatter runs on CUDA.
+``out[o] = sum_k x[nbr[o, k]] @ W[k]`` over the active entries of the map (a 3x3x3 submanifold conv on LiDAR
+voxels touches ~40 % of its 27 neighbours). Two implementations of the same sum:
+
+* **Warp, output-stationary** (channel counts that are multiples of :data:`LANES`): one thread owns two
+  neighbouring output rows and one 16-channel slice, keeps the slice's sums in registers, and walks the rows'
+  neighbour lists; when both rows are active at an offset, each weight row is loaded once for both. Nothing is
+  scattered, so there are no atomics and no zero-filled output, the CPU split over cores is race-free, and the
+  same source runs on CUDA. The backward to the features is the same kernel on the transposed map with
+  transposed weights (``grad_x[i] = sum_k grad[nbr_t[i, k]] @ W[k]^T``). Measured 1.8x faster than the torch
+  path below on 100k voxels, 32 channels, 2 cores.
+* **torch gather -> GEMM -> scatter per offset** over the map's pair lists, in cache-sized blocks: the other
+  channel counts, and the weight gradient ``grad_W[k] = x[in_k]^T @ grad[out_k]`` (a reduction over pairs,
+  which BLAS does best).
+Unlike spconv's CPU build this trains on the CPU.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
+import warp as wp
 
-from sparse3d.kernels.runtime import check_tensor, init
+from sparse3d.kernels.runtime import check_tensor, init, launch, to_wp, wp_device
+
+# -ffp-contract=fast fuses the multiply-adds; 512-bit vectors hold a 16-channel slice in one register where the
+# CPU has AVX-512 (elsewhere the flag is ignored). Part of Warp's cache key, so changing it recompiles.
+wp.set_module_options(
+    {
+        "enable_backward": False,
+        "optimization_level": 3,
+        "cpu_compiler_flags": "-march=native -mprefer-vector-width=512 -ffp-contract=fast"
+        " -mllvm=-inline-threshold=9000",
+    }
+)
+
+LANES = 16
+"""The Warp path needs output channels (and, for its backward, input channels) that are a multiple of this."""
+_VECS = {n: wp.types.vector(length=n, dtype=wp.float32) for n in (32, 16)}
+"""Channel slice per thread, widest first: 32 where it divides (1.6x faster than 16 at 32 channels: each
+neighbour row read feeds twice the multiply-adds)."""
+
+
+@wp.kernel
+def _gather_conv_kernel(
+    offset: int,
+    x: wp.array2d(dtype=wp.float32),
+    w: wp.array3d(dtype=Any),
+    nbr: wp.array2d(dtype=wp.int32),
+    out: wp.array2d(dtype=Any),
+):
+    """out[o, j] = sum_k x[nbr[o, k]] @ w[k][:, j] for output rows o0 = 2t, o1 = 2t + 1 and channel slice j.
+
+    ``w`` is (K, C_in, C_out / L) and ``out`` (M_out, C_out / L) of L-float vectors. Each (row, slice) has one
+    writer.
+    """
+    e = wp.tid() + offset
+    slices = out.shape[1]
+    pair = e / slices
+    j = e - pair * slices
+    o0 = pair * 2
+    o1 = o0 + 1
+    rows = nbr.shape[0]
+    c_in = x.shape[1]
+    a = out.dtype()
+    b = out.dtype()
+    for k in range(nbr.shape[1]):
+        i0 = nbr[o0, k]
+        i1 = -1
+        if o1 < rows:
+            i1 = nbr[o1, k]
+        if i0 >= 0 and i1 >= 0:
+            for c in range(c_in):
+                wv = w[k, c, j]
+                a = a + x[i0, c] * wv
+                b = b + x[i1, c] * wv
+        elif i0 >= 0:
+            for c in range(c_in):
+                a = a + x[i0, c] * w[k, c, j]
+        elif i1 >= 0:
+            for c in range(c_in):
+                b = b + x[i1, c] * w[k, c, j]
+    out[o0, j] = a
+    if o1 < rows:
+        out[o1, j] = b
+
+
+for _v in _VECS.values():
+    wp.overload(
+        _gather_conv_kernel,
+        {
+            "offset": int,
+            "x": wp.array2d(dtype=wp.float32),
+            "w": wp.array3d(dtype=_v),
+            "nbr": wp.array2d(dtype=wp.int32),
+            "out": wp.array2d(dtype=_v),
+        },
+    )
+
+
+def warp_path(c_out: int) -> bool:
+    """Whether a convolution producing ``c_out`` channels runs on the Warp kernel."""
+    return c_out > 0 and c_out % LANES == 0
+
+
+def gather_conv(x: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    """(M_out, C_out) = sum_k x[nbr[:, k]] @ weight[k] on the Warp kernel; C_out must be a multiple of LANES."""
+    m_out, c_out = nbr.shape[0], weight.shape[2]
+    out = torch.empty(m_out, c_out, dtype=torch.float32, device=x.device)
+    if m_out == 0:
+        return out
+    lanes = next(n for n in _VECS if c_out % n == 0)
+    vec, slices = _VECS[lanes], c_out // lanes
+    w = weight.reshape(weight.shape[0], weight.shape[1], slices, lanes).contiguous()
+    launch(
+        _gather_conv_kernel,
+        (m_out + 1) // 2 * slices,
+        [to_wp(x), to_wp(w, dtype=vec), to_wp(nbr), to_wp(out.view(m_out, slices, lanes), dtype=vec)],
+        wp_device(x),
+    )
+    return out
 
 
 class PairLists(NamedTuple):
@@ -94,26 +200,38 @@ def _accumulate(src: torch.Tensor, weight: torch.Tensor, gather_idx: torch.Tenso
 
 
 class SparseConvFunction(torch.autograd.Function):
-    """features (M_in, C_in), weight (K, C_in, C_out), pairs of the kernel map -> (M_out, C_out)."""
+    """features (M_in, C_in), weight (K, C_in, C_out), kernel map (nbr, nbr_t) and its pair lists -> (M_out, C_out).
+
+    ``get_pairs`` builds (or returns cached) pair lists; it is called only by the paths that need them.
+    """
 
     @staticmethod
-    def forward(ctx, features, weight, pairs: PairLists, num_out: int):  # type: ignore[override]
+    def forward(ctx, features, weight, nbr, nbr_t, get_pairs: Callable[[], PairLists]):  # type: ignore[override]
         feats = features.detach().contiguous()
         w = weight.detach().contiguous()
-        out = _accumulate(feats, w, pairs.inputs, pairs.outputs, pairs, num_out, False)
-        ctx.save_for_backward(feats, w)
-        ctx.pairs = pairs
+        if warp_path(w.shape[2]):
+            out = gather_conv(feats, w, nbr)
+        else:
+            pairs = get_pairs()
+            out = _accumulate(feats, w, pairs.inputs, pairs.outputs, pairs, nbr.shape[0], False)
+        ctx.save_for_backward(feats, w, nbr_t)
+        ctx.get_pairs = get_pairs
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        feats, w = ctx.saved_tensors
-        pairs: PairLists = ctx.pairs
+        feats, w, nbr_t = ctx.saved_tensors
+        get_pairs: Callable[[], PairLists] = ctx.get_pairs
         grad_out = grad_out.contiguous().to(torch.float32)
         grad_feats = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_feats = _accumulate(grad_out, w, pairs.outputs, pairs.inputs, pairs, feats.shape[0], True)
+            if warp_path(w.shape[1]):
+                grad_feats = gather_conv(grad_out, w.transpose(1, 2), nbr_t)
+            else:
+                pairs = get_pairs()
+                grad_feats = _accumulate(grad_out, w, pairs.outputs, pairs.inputs, pairs, feats.shape[0], True)
         if ctx.needs_input_grad[1]:
+            pairs = get_pairs()
             grad_w = torch.zeros_like(w)
             if pairs.identity >= 0:
                 torch.mm(feats.t(), grad_out, out=grad_w[pairs.identity])
@@ -125,7 +243,7 @@ class SparseConvFunction(torch.autograd.Function):
                 torch.index_select(feats, 0, pairs.inputs[s:e], out=xbuf[:n])
                 torch.index_select(grad_out, 0, pairs.outputs[s:e], out=gbuf[:n])
                 grad_w[k].addmm_(xbuf[:n].t(), gbuf[:n])
-        return grad_feats, grad_w, None, None
+        return grad_feats, grad_w, None, None, None
 
 
 def sparse_conv(
@@ -133,11 +251,12 @@ def sparse_conv(
     weight: torch.Tensor,
     nbr: torch.Tensor,
     nbr_t: torch.Tensor,
-    pairs: PairLists | None = None,
+    pairs: PairLists | Callable[[], PairLists] | None = None,
 ) -> torch.Tensor:
     """Apply a sparse convolution given its kernel map (see :mod:`sparse3d.kernels.kernel_map`).
 
-    ``pairs`` (from :func:`pair_lists`) may be passed to reuse the grouping across layers sharing a map.
+    ``pairs`` (from :func:`pair_lists`), or a callable returning them (e.g. ``lambda: kmap.pairs``, which caches
+    on the map), reuses the grouping across layers sharing a map; without it they are built when needed.
     """
     check_tensor("features", features, torch.float32, ndim=2)
     check_tensor("weight", weight, torch.float32, ndim=3)
@@ -156,6 +275,16 @@ def sparse_conv(
     if nbr_t.numel() and int(nbr_t.max()) >= nbr.shape[0]:
         raise ValueError(f"nbr_t refers to output {int(nbr_t.max())} but nbr has {nbr.shape[0]} rows")
     init()
-    if pairs is None:
-        pairs = pair_lists(nbr, features.shape[0])
-    return SparseConvFunction.apply(features, weight, pairs, nbr.shape[0])
+    if isinstance(pairs, PairLists):
+        get_pairs: Callable[[], PairLists] = lambda: pairs  # noqa: E731
+    elif pairs is not None:
+        get_pairs = pairs
+    else:
+        cache: list[PairLists] = []
+
+        def get_pairs() -> PairLists:
+            if not cache:
+                cache.append(pair_lists(nbr, features.shape[0]))
+            return cache[0]
+
+    return SparseConvFunction.apply(features, weight, nbr.contiguous(), nbr_t.contiguous(), get_pairs)

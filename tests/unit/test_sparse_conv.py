@@ -151,6 +151,63 @@ def test_empty_input():
     assert gw is None or torch.equal(gw, torch.zeros(27, 2, 3))
 
 
+# ------------------------------------------------------------------------------------------- Warp kernel path
+# Channel counts that are multiples of SC.LANES run the output-stationary Warp kernel (forward when C_out is,
+# feature gradient when C_in is); the others take the torch gather-GEMM-scatter path. Mixed pairs test both.
+WARP_CHANNELS = [(16, 32), (32, 16), (16, 5), (3, 16), (48, 48)]
+
+
+@pytest.mark.parametrize("c_in,c_out", WARP_CHANNELS)
+def test_warp_path_submanifold_vs_dense(coords, c_in, c_out):
+    km = KM.submanifold_map(coords, GRID, 3)
+    feats, weight = rand(coords.shape[0], c_in, seed=21), rand(27, c_in, c_out, seed=22) * 0.1
+    check_against_oracle(
+        km, feats, weight, lambda f, w: RC.conv_at_sites(coords, f, w, GRID, (3, 3, 3), coords, padding=1), seed=23
+    )
+
+
+@pytest.mark.parametrize("c_in,c_out", WARP_CHANNELS[:3])
+def test_warp_path_strided_and_inverse_vs_dense(coords, c_in, c_out):
+    fwd = KM.strided_map(coords, GRID, 3, 2, 1)
+    feats, weight = rand(coords.shape[0], c_in, seed=24), rand(27, c_in, c_out, seed=25) * 0.1
+    check_against_oracle(
+        fwd, feats, weight,
+        lambda f, w: RC.conv_at_sites(coords, f, w, GRID, (3, 3, 3), fwd.out_coords, stride=(2, 2, 2), padding=(1, 1, 1)),
+        seed=26,
+    )
+    inv = KM.inverse_map(fwd, coords, GRID)
+    feats, weight = rand(fwd.out_coords.shape[0], c_in, seed=27), rand(27, c_in, c_out, seed=28) * 0.1
+    check_against_oracle(
+        inv, feats, weight,
+        lambda f, w: RC.inverse_conv_at_sites(fwd.out_coords, f, w, fwd.out_grid, (3, 3, 3), (2, 2, 2), (1, 1, 1),
+                                              coords, GRID),
+        seed=29,
+    )
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7])
+def test_warp_path_odd_row_counts_and_isolated_voxels(rows):
+    # Threads own row pairs: an odd last row, and rows whose partner row is inactive at an offset, must be exact.
+    coords = torch.tensor([[0, 0, 0, 2 * r] for r in range(rows)], dtype=torch.int32)  # isolated along x
+    coords[-1, 3] = max(0, coords[-1, 3] - 1)  # the last voxel touches its neighbour (unless rows == 1)
+    grid = (2 * rows + 1, 2, 2)
+    km = KM.submanifold_map(coords, grid, 3)
+    feats, weight = rand(rows, 16, seed=30), rand(27, 16, 16, seed=31) * 0.1
+    check_against_oracle(
+        km, feats, weight, lambda f, w: RC.conv_at_sites(coords, f, w, grid, (3, 3, 3), coords, padding=1), seed=32
+    )
+
+
+def test_kernel_map_pairs_are_built_lazily_and_cached(coords):
+    km = KM.submanifold_map(coords, GRID, 3)
+    assert "pairs" not in vars(km)  # the Warp forward reads nbr only
+    with torch.no_grad():
+        sparse_conv(rand(coords.shape[0], 16, seed=33), rand(27, 16, 16, seed=34), km.nbr, km.nbr_t,
+                    pairs=lambda: km.pairs)
+    assert "pairs" not in vars(km)
+    assert km.pairs is km.pairs and km.pairs.identity == 13
+
+
 # ---------------------------------------------------------------------------------------------------- chunks
 def test_pair_lists_group_active_entries_by_offset():
     grid = (12, 10, 8)
