@@ -4,7 +4,7 @@
 voxels touches ~40 % of its 27 neighbours). Two implementations of the same sum:
 
 * **Warp, output-stationary** (channel counts that are multiples of :data:`LANES`): one thread owns two
-  neighbouring output rows and one 16-channel slice, keeps the slice's sums in registers, and walks the rows'
+  neighbouring output rows and one 32- or 16-channel slice, keeps the slice's sums in registers, and walks the rows'
   neighbour lists; when both rows are active at an offset, each weight row is loaded once for both. Nothing is
   scattered, so there are no atomics and no zero-filled output, the CPU split over cores is race-free, and the
   same source runs on CUDA. The backward to the features is the same kernel on the transposed map with
@@ -18,6 +18,7 @@ Unlike spconv's CPU build this trains on the CPU.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -280,11 +281,6 @@ def sparse_conv(
     elif pairs is not None:
         get_pairs = pairs
     else:
-        cache: list[PairLists] = []
-
-        def get_pairs() -> PairLists:
-            if not cache:
-                cache.append(pair_lists(nbr, features.shape[0]))
-            return cache[0]
+        get_pairs = functools.cache(lambda: pair_lists(nbr, features.shape[0]))
 
     return SparseConvFunction.apply(features, weight, nbr.contiguous(), nbr_t.contiguous(), get_pairs)
