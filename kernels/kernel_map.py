@@ -5,7 +5,10 @@ A map is a dense (M_out, K) int32 table ``nbr[o, k]`` = input row read by output
 (batch, z, y, x)). Every map comes with its transpose (M_in, K) ``nbr_t[i, k]`` = the output that input ``i``
 feeds through offset ``k``: convolution backward then is the same gather as forward, with no scatter-add.
 
-* submanifold: outputs = inputs; neighbours found by probing a :class:`VoxelHashTable`.
+* submanifold: outputs = inputs; neighbours found in a dense index volume of the grid when it is small
+  (at most :data:`DENSE_MAX_CELLS` cells and :data:`DENSE_CELLS_PER_VOXEL` per voxel: sorted voxels then probe
+  cache-resident neighbouring planes, 4x faster than hashing at 100k voxels), else by probing a
+  :class:`VoxelHashTable`.
 * strided (``SparseConv3d``): each (input, offset) proposes the output ``(x + p - k·d) / s`` when divisible
   and inside the output grid; unique proposals (hash de-dup + sort) are the outputs, and the proposal->output
   inverse *is* the transposed map.
@@ -31,6 +34,15 @@ from sparse3d.kernels.hashmap import (
 )
 from sparse3d.kernels.runtime import check_tensor, init, launch, to_wp, wp_device
 from sparse3d.kernels.sparse_conv import PairLists, pair_lists
+
+wp.set_module_options({"enable_backward": False, "optimization_level": 3})
+
+DENSE_MAX_CELLS = 2**25
+"""Largest index volume (batch x grid cells, int32: 128 MB) a submanifold map allocates instead of a hash table."""
+DENSE_CELLS_PER_VOXEL = 256
+"""The volume is used only while it has at most this many cells per voxel: filling it costs ~0.3 ns a cell,
+hashing ~300 ns a voxel, so sparser grids hash."""
+_ABSENT = wp.constant(2**31 - 1)
 
 
 @dataclass(eq=False)
@@ -115,6 +127,55 @@ def _submanifold_kernel(
 
 
 @wp.kernel
+def _dense_submanifold_kernel(
+    offset: int,
+    coords: wp.array2d(dtype=wp.int32),
+    shifts: wp.array2d(dtype=wp.int32),
+    reach: wp.vec3i,
+    gx: int,
+    gy: int,
+    gz: int,
+    volume: wp.array(dtype=wp.int32),
+    nbr: wp.array2d(dtype=wp.int32),
+    nbr_t: wp.array2d(dtype=wp.int32),
+):
+    """Row ``row`` of the map and of its transpose from an index volume (cell -> row, ``_ABSENT`` if empty).
+
+    ``shifts[k]`` = (dz, dy, dx, linear cell shift) of offset k and ``reach`` the largest |shift| per axis
+    (z, y, x): voxels that far from every border skip the bounds tests. Every offset is probed (a probe is a
+    cache hit for sorted voxels), so each thread writes only its own rows: no pre-fill, no scattered writes.
+    """
+    row = wp.tid() + offset
+    num_k = shifts.shape[0]
+    centre = num_k / 2
+    z0 = coords[row, 1]
+    y0 = coords[row, 2]
+    x0 = coords[row, 3]
+    base = ((coords[row, 0] * gx + x0) * gy + y0) * gz + z0
+    inside = (
+        z0 >= reach[0] and y0 >= reach[1] and x0 >= reach[2]
+        and z0 < gz - reach[0] and y0 < gy - reach[1] and x0 < gx - reach[2]
+    )
+    for k in range(num_k):
+        j = int(-1)
+        if k == centre:
+            j = row  # the centre is the voxel itself, duplicates included (as on the hash path)
+        else:
+            ok = inside
+            if not inside:
+                z = z0 + shifts[k, 0]
+                y = y0 + shifts[k, 1]
+                x = x0 + shifts[k, 2]
+                ok = z >= 0 and y >= 0 and x >= 0 and z < gz and y < gy and x < gx
+            if ok:
+                v = volume[base + shifts[k, 3]]
+                if v != _ABSENT:
+                    j = v
+        nbr[row, k] = j
+        nbr_t[row, num_k - 1 - k] = j
+
+
+@wp.kernel
 def _strided_proposals_kernel(
     offset: int,
     coords: wp.array2d(dtype=wp.int32),
@@ -187,21 +248,58 @@ def transpose_map(nbr: torch.Tensor, num_inputs: int) -> torch.Tensor:
     return nbr_t
 
 
+def use_dense_index(coords: torch.Tensor, grid: Sequence[int]) -> bool:
+    """Whether a submanifold map of these coords probes a dense index volume rather than a hash table."""
+    if coords.shape[0] == 0:
+        return False
+    cells = (int(coords[:, 0].max()) + 1) * int(grid[0]) * int(grid[1]) * int(grid[2])
+    return cells <= DENSE_MAX_CELLS and cells <= DENSE_CELLS_PER_VOXEL * coords.shape[0]
+
+
 def submanifold_map(
     coords: torch.Tensor,
     grid: tuple[int, int, int],
     kernel_size: int | Sequence[int] = 3,
     dilation: int | Sequence[int] = 1,
     table: VoxelHashTable | None = None,
+    index: str = "auto",
 ) -> KernelMap:
-    """Kernel map of a submanifold convolution: outputs are the input sites (kernel sizes must be odd)."""
+    """Kernel map of a submanifold convolution: outputs are the input sites (kernel sizes must be odd).
+
+    ``index`` picks the neighbour look-up: ``"dense"`` (index volume), ``"hash"`` (``table`` or a new
+    :class:`VoxelHashTable`) or ``"auto"`` (dense when :func:`use_dense_index` says so and no table is given).
+    Both give identical maps; for duplicate coords the smallest row wins.
+    """
     init()
+    if index not in ("auto", "dense", "hash"):
+        raise ValueError(f"index must be 'auto', 'dense' or 'hash', got {index!r}")
     coords = validate_coords(coords, grid)
     ks, dil = triple(kernel_size, "kernel_size"), triple(dilation, "dilation")
     if any(k % 2 == 0 or k < 1 for k in ks):
         raise ValueError(f"submanifold kernel_size must be odd, got {ks}")
     offsets = kernel_offsets(ks, coords.device)
     m, num_k = coords.shape[0], offsets.shape[0]
+    centre = num_k // 2  # odd kernel: the middle offset maps every voxel onto itself
+    dense = index == "dense" or (index == "auto" and table is None and use_dense_index(coords, grid))
+    if m and dense:
+        keys = coords_to_keys(coords, grid)
+        cells = (int(coords[:, 0].max()) + 1) * grid[0] * grid[1] * grid[2]  # neighbours may lie past the last key
+        volume = torch.full((cells,), int(_ABSENT), dtype=torch.int32, device=coords.device)
+        volume.scatter_reduce_(0, keys, torch.arange(m, dtype=torch.int32, device=coords.device), "amin")
+        nbr = torch.empty((m, num_k), dtype=torch.int32, device=coords.device)
+        nbr_t = torch.empty_like(nbr)
+        half = torch.tensor([k // 2 for k in ks], dtype=torch.int32, device=coords.device)
+        step = (offsets - half) * torch.tensor(dil, dtype=torch.int32, device=coords.device)  # (dz, dy, dx)
+        linear = step[:, 0] + grid[2] * (step[:, 1] + grid[1] * step[:, 2])
+        shifts = torch.cat([step, linear[:, None]], 1).contiguous()
+        reach = wp.vec3i(*[(k // 2) * d for k, d in zip(ks, dil)])
+        launch(
+            _dense_submanifold_kernel,
+            m,
+            [to_wp(coords), to_wp(shifts), reach, grid[0], grid[1], grid[2], to_wp(volume), to_wp(nbr), to_wp(nbr_t)],
+            wp_device(coords),
+        )
+        return KernelMap(coords, tuple(grid), nbr, nbr_t, identity=centre)  # type: ignore[arg-type]
     nbr = torch.full((m, num_k), -1, dtype=torch.int32, device=coords.device)
     if m:
         if table is None:
@@ -225,7 +323,6 @@ def submanifold_map(
     # Input i reaches output j through offset k iff j reaches i through the mirrored offset K-1-k, so the
     # transposed map of a submanifold conv is the map with its offset axis reversed.
     nbr_t = nbr.flip(1).contiguous()
-    centre = num_k // 2  # odd kernel: the middle offset maps every voxel onto itself
     return KernelMap(coords, tuple(grid), nbr, nbr_t, identity=centre)  # type: ignore[arg-type]
 
 

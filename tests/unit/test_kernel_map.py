@@ -84,9 +84,10 @@ def coords():
 
 
 # ------------------------------------------------------------------------------------------------ submanifold
+@pytest.mark.parametrize("index", ["dense", "hash"])
 @pytest.mark.parametrize("ks,dil", [(3, 1), (5, 1), (3, 2), ((3, 3, 1), 1), ((1, 3, 5), (1, 2, 1)), (1, 1)])
-def test_submanifold_vs_reference(coords, ks, dil):
-    got = KM.submanifold_map(coords, GRID, ks, dil)
+def test_submanifold_vs_reference(coords, ks, dil, index):
+    got = KM.submanifold_map(coords, GRID, ks, dil, index=index)
     want = R.submanifold_map(coords, GRID, ks, dil)
     assert_maps_equal(got, want)
     assert tuple(got.out_grid) == GRID
@@ -98,9 +99,34 @@ def test_submanifold_with_prebuilt_table(coords):
     assert_maps_equal(KM.submanifold_map(coords, GRID, 3, table=table), R.submanifold_map(coords, GRID, 3))
 
 
-def test_submanifold_hand_computed():
+def test_submanifold_index_choice():
+    # small grid, many voxels: dense volume; a huge grid or a very sparse one: hash table
+    dense_coords = random_coords(500, (20, 20, 10), [0], seed=3)
+    assert KM.use_dense_index(dense_coords, (20, 20, 10))
+    assert not KM.use_dense_index(dense_coords, (2000, 2000, 40))  # 160M cells
+    assert not KM.use_dense_index(dense_coords[:10], (100, 100, 40))  # 40k cells per voxel
+    assert not KM.use_dense_index(dense_coords[:0], (20, 20, 10))
+    with pytest.raises(ValueError, match="index must be"):
+        KM.submanifold_map(dense_coords, (20, 20, 10), 3, index="volume")
+
+
+def test_submanifold_dense_duplicate_coords():
+    # duplicates are invalid sparse tensors but must not crash: every copy sees the first copy's neighbours
+    c = random_coords(200, (8, 8, 8), [0, 1], seed=5)
+    dup = torch.cat([c, c[:50]])
+    got = KM.submanifold_map(dup, (8, 8, 8), 3, index="dense")
+    want = R.submanifold_map(c, (8, 8, 8), 3).nbr
+    assert torch.equal(got.nbr[:200], want)
+    not_centre = torch.arange(27) != 13
+    assert torch.equal(got.nbr[200:, not_centre], want[:50, not_centre])
+    assert torch.equal(got.nbr[:, 13], torch.arange(250, dtype=torch.int32))
+    assert torch.equal(got.nbr_t, got.nbr.flip(1))
+
+
+@pytest.mark.parametrize("index", ["dense", "hash"])
+def test_submanifold_hand_computed(index):
     coords = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 1], [1, 0, 0, 1]], dtype=torch.int32)
-    km = KM.submanifold_map(coords, (3, 3, 1), (1, 3, 3))  # 2-D 3x3 kernel in (y, x); offsets k = 3*dy + dx
+    km = KM.submanifold_map(coords, (3, 3, 1), (1, 3, 3), index=index)  # 2-D 3x3 kernel in (y, x); offsets k = 3*dy + dx
     # row 0 (x=0,y=0): itself at centre 4, row 1 at (dy=0, dx=+1) -> k=5, row 2 at (dy=+1, dx=+1) -> k=8
     assert km.nbr[0].tolist() == [-1, -1, -1, -1, 0, 1, -1, -1, 2]
     # row 3 is alone in batch 1 although (0, 0, 1) exists in batch 0
