@@ -8,8 +8,9 @@ voxels touches ~40 % of its 27 neighbours). Two implementations of the same sum:
   neighbour lists; when both rows are active at an offset, each weight row is loaded once for both. Nothing is
   scattered, so there are no atomics and no zero-filled output, the CPU split over cores is race-free, and the
   same source runs on CUDA. The backward to the features is the same kernel on the transposed map with
-  transposed weights (``grad_x[i] = sum_k grad[nbr_t[i, k]] @ W[k]^T``). Measured about 1.5x faster than the torch
-  path below on 100k voxels, 32 channels, 2 cores.
+  transposed weights (``grad_x[i] = sum_k grad[nbr_t[i, k]] @ W[k]^T``). On the CPU, input channels in multiples
+  of 16 take :func:`_gather_conv16_kernel`, which reads weights as 16-row blocks (16 ms against 26 ms for the
+  scalar-input kernel and about 45 ms for the torch path below, 100k voxels, 32 channels, 2 cores).
 * **torch gather -> GEMM -> scatter per offset** over the map's pair lists, in cache-sized blocks: the other
   channel counts, and the weight gradient ``grad_W[k] = x[in_k]^T @ grad[out_k]`` (a reduction over pairs,
   which BLAS does best).
@@ -102,6 +103,86 @@ for _v in _VECS.values():
     )
 
 
+_ROWS16 = {n: wp.types.matrix(shape=(16, n), dtype=wp.float32) for n in _VECS}
+"""16 consecutive input channels of one output slice of a weight: ``w[q]`` is input channel q's row."""
+_X16 = wp.types.vector(length=16, dtype=wp.float32)
+
+
+@wp.kernel
+def _gather_conv16_kernel(
+    offset: int,
+    x: wp.array2d(dtype=_X16),
+    w: wp.array2d(dtype=Any),
+    nbr: wp.array2d(dtype=wp.int32),
+    out: wp.array2d(dtype=Any),
+):
+    """:func:`_gather_conv_kernel` for input channels in 16-channel blocks (the CPU path).
+
+    ``x`` is (M_in, C_in / 16) 16-float vectors and ``w`` (K · C_in / 16, C_out / L) 16 × L matrices. Reading a
+    weight block as one matrix lets the compiler address its 16 rows at constant offsets from one pointer (per
+    element indexing vectorised the index arithmetic into shuffles that competed with the multiply-adds for the
+    same ports), and two accumulators per row (even / odd channels) keep twice as many multiply-adds in flight.
+    Measured 1.5x faster than :func:`_gather_conv_kernel` at 32 channels on AVX-512.
+    """
+    e = wp.tid() + offset
+    slices = out.shape[1]
+    pair = e / slices
+    j = e - pair * slices
+    o0 = pair * 2
+    o1 = o0 + 1
+    rows = nbr.shape[0]
+    blocks = x.shape[1]
+    a = out.dtype()
+    b = out.dtype()
+    a2 = out.dtype()
+    b2 = out.dtype()
+    for k in range(nbr.shape[1]):
+        i0 = nbr[o0, k]
+        i1 = -1
+        if o1 < rows:
+            i1 = nbr[o1, k]
+        if i0 >= 0 and i1 >= 0:
+            for cb in range(blocks):
+                xa = x[i0, cb]
+                xb = x[i1, cb]
+                wm = w[k * blocks + cb, j]
+                for q in range(8):
+                    a = a + xa[2 * q] * wm[2 * q]
+                    b = b + xb[2 * q] * wm[2 * q]
+                    a2 = a2 + xa[2 * q + 1] * wm[2 * q + 1]
+                    b2 = b2 + xb[2 * q + 1] * wm[2 * q + 1]
+        elif i0 >= 0:
+            for cb in range(blocks):
+                xa = x[i0, cb]
+                wm = w[k * blocks + cb, j]
+                for q in range(8):
+                    a = a + xa[2 * q] * wm[2 * q]
+                    a2 = a2 + xa[2 * q + 1] * wm[2 * q + 1]
+        elif i1 >= 0:
+            for cb in range(blocks):
+                xb = x[i1, cb]
+                wm = w[k * blocks + cb, j]
+                for q in range(8):
+                    b = b + xb[2 * q] * wm[2 * q]
+                    b2 = b2 + xb[2 * q + 1] * wm[2 * q + 1]
+    out[o0, j] = a + a2
+    if o1 < rows:
+        out[o1, j] = b + b2
+
+
+for _n, _v in _VECS.items():
+    wp.overload(
+        _gather_conv16_kernel,
+        {
+            "offset": int,
+            "x": wp.array2d(dtype=_X16),
+            "w": wp.array2d(dtype=_ROWS16[_n]),
+            "nbr": wp.array2d(dtype=wp.int32),
+            "out": wp.array2d(dtype=_v),
+        },
+    )
+
+
 def warp_path(c_out: int) -> bool:
     """Whether a convolution producing ``c_out`` channels runs on the Warp kernel."""
     return c_out > 0 and c_out % LANES == 0
@@ -115,13 +196,19 @@ def gather_conv(x: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) -> tor
         return out
     lanes = next(n for n in _VECS if c_out % n == 0)
     vec, slices = _VECS[lanes], c_out // lanes
-    w = weight.reshape(weight.shape[0], weight.shape[1], slices, lanes).contiguous()
-    launch(
-        _gather_conv_kernel,
-        (m_out + 1) // 2 * slices,
-        [to_wp(x), to_wp(w, dtype=vec), to_wp(nbr), to_wp(out.view(m_out, slices, lanes), dtype=vec)],
-        wp_device(x),
-    )
+    num_k, c_in = weight.shape[0], weight.shape[1]
+    out_wp = to_wp(out.view(m_out, slices, lanes), dtype=vec)
+    dim = (m_out + 1) // 2 * slices
+    if c_in % 16 == 0 and x.device.type == "cpu":
+        # On CUDA a 16 x L matrix per thread would live in spilled registers: the GPU keeps the scalar kernel.
+        blocks = c_in // 16
+        w = weight.reshape(num_k, blocks, 16, slices, lanes).transpose(2, 3).contiguous()
+        w_wp = to_wp(w.view(num_k * blocks, slices, 16, lanes), dtype=_ROWS16[lanes])
+        x_wp = to_wp(x.contiguous().view(x.shape[0], blocks, 16), dtype=_X16)
+        launch(_gather_conv16_kernel, dim, [x_wp, w_wp, to_wp(nbr), out_wp], wp_device(x))
+        return out
+    w = weight.reshape(num_k, c_in, slices, lanes).contiguous()
+    launch(_gather_conv_kernel, dim, [to_wp(x), to_wp(w, dtype=vec), to_wp(nbr), out_wp], wp_device(x))
     return out
 
 
