@@ -465,7 +465,8 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
         BenchRecord(
             SUITE, "subm_map k3 (kernel map + transpose)", num_voxels, kmap_m.median_s, None, None,
             kmap_m.peak_rss_mb,
-            _join(f"hash-table map, {gsize}, {common['avg_neighbors']} active neighbours/voxel",
+            _join(f"{'dense index-volume' if km.use_dense_index(coords, grid) else 'hash-table'} map, {gsize}, "
+                  f"{common['avg_neighbors']} active neighbours/voxel",
                   "torch ref: dense int64 index volume probed at 27 offsets", map_note,
                   "no peer: spconv builds its pairs inside the conv (see map+conv)"),
             {**common, "torch_ref_s": _seconds(ref_map),
