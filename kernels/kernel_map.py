@@ -248,11 +248,17 @@ def transpose_map(nbr: torch.Tensor, num_inputs: int) -> torch.Tensor:
     return nbr_t
 
 
+def volume_cells(coords: torch.Tensor, grid: Sequence[int]) -> int:
+    """Cells of the dense index volume over every batch element of ``coords`` (neighbours may lie past the
+    last occupied key, so the volume spans whole grids)."""
+    return (int(coords[:, 0].max()) + 1) * int(grid[0]) * int(grid[1]) * int(grid[2]) if coords.shape[0] else 0
+
+
 def use_dense_index(coords: torch.Tensor, grid: Sequence[int]) -> bool:
     """Whether a submanifold map of these coords probes a dense index volume rather than a hash table."""
     if coords.shape[0] == 0:
         return False
-    cells = (int(coords[:, 0].max()) + 1) * int(grid[0]) * int(grid[1]) * int(grid[2])
+    cells = volume_cells(coords, grid)
     return cells <= DENSE_MAX_CELLS and cells <= DENSE_CELLS_PER_VOXEL * coords.shape[0]
 
 
@@ -283,8 +289,7 @@ def submanifold_map(
     dense = index == "dense" or (index == "auto" and table is None and use_dense_index(coords, grid))
     if m and dense:
         keys = coords_to_keys(coords, grid)
-        cells = (int(coords[:, 0].max()) + 1) * grid[0] * grid[1] * grid[2]  # neighbours may lie past the last key
-        volume = torch.full((cells,), int(_ABSENT), dtype=torch.int32, device=coords.device)
+        volume = torch.full((volume_cells(coords, grid),), int(_ABSENT), dtype=torch.int32, device=coords.device)
         volume.scatter_reduce_(0, keys, torch.arange(m, dtype=torch.int32, device=coords.device), "amin")
         nbr = torch.empty((m, num_k), dtype=torch.int32, device=coords.device)
         nbr_t = torch.empty_like(nbr)
