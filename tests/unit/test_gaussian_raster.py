@@ -503,6 +503,65 @@ def test_backend_selection() -> None:
             rasterize_gaussians(**args, backend="gsplat")
 
 
+def test_auto_backend_picks_gsplat_only_on_cuda_with_gsplat(monkeypatch) -> None:
+    from sparse3d.kernels import backends
+
+    monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(backends, "module_importable", lambda name: name == "gsplat")
+    assert backends.select_raster_backend("auto", torch.device("cuda")) == "gsplat"
+    assert backends.select_raster_backend("gsplat", torch.device("cuda")) == "gsplat"
+    assert backends.select_raster_backend("warp", torch.device("cuda")) == "warp"
+    assert backends.select_raster_backend("auto", torch.device("cpu")) == "warp"
+    monkeypatch.setattr(backends, "module_importable", lambda name: False)
+    assert backends.select_raster_backend("auto", torch.device("cuda")) == "warp"
+    with pytest.raises(ValueError, match="not importable"):
+        backends.select_raster_backend("gsplat", torch.device("cuda"))
+
+
+def test_gsplat_dispatch_passes_gsplat_arguments_and_adds_median_depth(monkeypatch) -> None:
+    """The gsplat path on a CPU machine: a stand-in ``gsplat.rasterization`` that renders with our Warp backend
+    (same outputs and meta layout as gsplat) checks the argument names against the installed gsplat's signature
+    when there is one, and that the glue's median depth from gsplat's tile lists equals the Warp one."""
+    import inspect
+    import sys
+    import types
+
+    import sparse3d.render.gaussians as G
+
+    real = sys.modules.get("gsplat")
+    if real is None:
+        try:
+            import gsplat as real
+        except Exception:
+            real = None
+    accepted = set(inspect.signature(real.rasterization).parameters) if real is not None else None
+    calls = []
+
+    def fake_rasterization(*args, **kw):
+        calls.append(kw)
+        if accepted is not None:
+            assert set(kw) <= accepted, set(kw) - accepted
+        assert kw["packed"] is False  # the glue reads gsplat's dense (C, N) meta
+        warp_kw = {k: v for k, v in kw.items() if k != "packed"}
+        colors, alphas, meta = rasterize_gaussians(*args, **warp_kw, backend="warp")
+        meta = {k: v for k, v in meta.items() if k not in ("median_depths", "backend")}
+        return colors, alphas, meta
+
+    monkeypatch.setitem(sys.modules, "gsplat", types.SimpleNamespace(rasterization=fake_rasterization))
+    monkeypatch.setattr(G, "select_raster_backend", lambda b, d: "warp" if b == "warp" else "gsplat")
+    s = _scene(3, n=40)
+    vm, Ks = _cameras(2)
+    args = dict(means=s["means"], quats=s["quats"], scales=s["scales"], opacities=s["opacities"],
+                colors=s["colors"], viewmats=vm, Ks=Ks, width=W, height=H, render_mode="RGB+ED")
+    img_g, alpha_g, meta_g = rasterize_gaussians(**args)
+    img_w, alpha_w, meta_w = rasterize_gaussians(**args, backend="warp")
+    assert len(calls) == 1 and meta_g["backend"] == "gsplat"
+    torch.testing.assert_close(img_g, img_w, rtol=0, atol=0)
+    torch.testing.assert_close(alpha_g, alpha_w, rtol=0, atol=0)
+    assert meta_w["median_depths"].abs().sum() > 0
+    torch.testing.assert_close(meta_g["median_depths"], meta_w["median_depths"], rtol=0, atol=0)
+
+
 def test_non_contiguous_inputs() -> None:
     s = _scene(12)
     vm, Ks = _cameras(2)
