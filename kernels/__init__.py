@@ -8,6 +8,7 @@ all cores by :func:`sparse3d.kernels.runtime.launch`) and, compiled by NVRTC, on
 KERNEL_MODULES: tuple[str, ...] = (
     "sparse3d.kernels.voxelize",
     "sparse3d.kernels.segment",
+    "sparse3d.kernels.occupancy",
     "sparse3d.kernels.hashmap",
     "sparse3d.kernels.kernel_map",
     "sparse3d.kernels.sparse_conv",

@@ -2,7 +2,7 @@
 
 Why a hash table: sparse-conv kernel maps need "coordinate -> row" look-ups for millions of voxels; a dense
 index volume of the whole grid does not fit at 1024^3 or Waymo-scale ranges. (De-duplication of keys, by
-contrast, is sort-based: see :func:`unique_keys_with_inverse`.) The module also holds the one voxel-key packing
+contrast, sorts or marks an occupancy bitmap: see :func:`unique_keys_with_inverse`.) The module also holds the one voxel-key packing
 shared by voxelisation and kernel maps.
 
 The table is split into ``parts`` independent sub-tables; a key's sub-table is chosen by high bits of its hash.
@@ -21,6 +21,7 @@ import math
 import torch
 import warp as wp
 
+from sparse3d.kernels.occupancy import occupancy_unique
 from sparse3d.kernels.runtime import (
     check_tensor,
     init,
@@ -266,14 +267,43 @@ class VoxelHashTable:
         return [to_wp(self.table_keys), to_wp(self.table_vals), self.cap_part, self.num_parts]
 
 
-def unique_keys_with_inverse(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+OCCUPANCY_CELLS_PER_KEY = 48
+"""``unique_keys_with_inverse`` takes the occupancy-bitmap path on the CPU when the key range has at most this
+many cells per key: its cost grows with the range (~0.2 ns a cell), a sort's with the keys (~50 ns a key)."""
+OCCUPANCY_MAX_CELLS = 2**31
+"""Largest key range given an occupancy bitmap (256 MB per CPU thread)."""
+
+
+def unique_keys_with_inverse(
+    keys: torch.Tensor, key_range: int | None = None, method: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sorted unique non-negative keys, the index of each input's key in that list (-1 if negative), counts.
 
-    Sort-based (``torch.unique``, parallel on the CPU, CUB radix sort on CUDA): for voxel keys, which arrive in
-    scan order and are nearly sorted, it measured 4-5x faster than de-duplicating through the hash table.
-    Negative keys (codes for dropped points) sort first and are stripped.
+    Two implementations with identical results. ``"sort"``: ``torch.unique`` (parallel on the CPU, CUB radix
+    sort on CUDA); for voxel keys in scan order it measured 4-5x faster than de-duplicating through the hash
+    table. ``"occupancy"``: a bitmap over ``[0, key_range)`` (:mod:`sparse3d.kernels.occupancy`), 2x faster
+    than the sort for 4M LiDAR points in a 90M-cell grid. ``"auto"`` picks the bitmap on the CPU when
+    ``key_range`` is given, at most :data:`OCCUPANCY_MAX_CELLS` and :data:`OCCUPANCY_CELLS_PER_KEY` per key.
+    Negative keys (codes for dropped points) are stripped.
     """
     check_tensor("keys", keys, torch.int64, ndim=1)
+    if method not in ("auto", "sort", "occupancy"):
+        raise ValueError(f"method must be 'auto', 'sort' or 'occupancy', got {method!r}")
+    if method == "occupancy" and key_range is None:
+        raise ValueError("the occupancy method needs key_range (keys must lie in [0, key_range))")
+    if method == "occupancy" and key_range > OCCUPANCY_MAX_CELLS:
+        raise ValueError(f"key_range {key_range} is too large for an occupancy bitmap (max {OCCUPANCY_MAX_CELLS})")
+    if key_range is not None and keys.numel() and int(keys.max()) >= key_range:
+        raise ValueError(f"keys reach {int(keys.max())}, outside key_range {key_range}")
+    if method == "auto":
+        bitmap = (
+            key_range is not None
+            and keys.device.type == "cpu"
+            and key_range <= min(OCCUPANCY_MAX_CELLS, OCCUPANCY_CELLS_PER_KEY * keys.shape[0])
+        )
+        method = "occupancy" if bitmap else "sort"
+    if method == "occupancy":
+        return occupancy_unique(keys, int(key_range))  # type: ignore[arg-type]
     uniq, inv, cnt = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
     num_negative = int(torch.searchsorted(uniq, torch.zeros(1, dtype=torch.int64, device=keys.device)))
     inverse = (inv - num_negative).clamp_(min=-1)

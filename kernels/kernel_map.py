@@ -2,8 +2,10 @@
 
 A map is a dense (M_out, K) int32 table ``nbr[o, k]`` = input row read by output ``o`` through kernel offset
 ``k`` (or -1), K = kz·ky·kx with offsets enumerated z-major like ``torch.nn.Conv3d`` weights (coords are
-(batch, z, y, x)). Every map comes with its transpose (M_in, K) ``nbr_t[i, k]`` = the output that input ``i``
-feeds through offset ``k``: convolution backward then is the same gather as forward, with no scatter-add.
+(batch, z, y, x)). Every map has a transpose (M_in, K) ``nbr_t[i, k]`` = the output that input ``i`` feeds
+through offset ``k``: convolution backward then is the same gather as forward, with no scatter-add. Strided
+maps build it with the map; a submanifold map builds it on first use (``nbr`` with its offset axis reversed),
+so inference does not pay for it.
 
 * submanifold: outputs = inputs; neighbours found in a dense index volume of the grid when it is small
   (at most :data:`DENSE_MAX_CELLS` cells and :data:`DENSE_CELLS_PER_VOXEL` per voxel: sorted voxels then probe
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 import warp as wp
@@ -55,10 +58,19 @@ class KernelMap:
     """Output grid size (X, Y, Z)."""
     nbr: torch.Tensor
     """(M_out, K) int32: input row feeding output o through offset k, or -1."""
-    nbr_t: torch.Tensor
-    """(M_in, K) int32: output row fed by input i through offset k, or -1."""
+    transposed: torch.Tensor | None = None
+    """(M_in, K) transpose when it was built with the map; ``None`` for a submanifold map, whose transpose is
+    ``nbr`` with the offset axis reversed and is built by :attr:`nbr_t` on first use (inference never needs it)."""
     identity: int = -1
     """Offset that maps every output onto the same input row (a submanifold centre), or -1."""
+
+    @cached_property
+    def nbr_t(self) -> torch.Tensor:
+        """(M_in, K) int32: output row fed by input i through offset k, or -1."""
+        if self.transposed is not None:
+            return self.transposed
+        # Input i reaches output j through offset k iff j reaches i through the mirrored offset K-1-k.
+        return self.nbr.flip(1).contiguous()
 
     @cached_property
     def pairs(self) -> PairLists:
@@ -67,7 +79,12 @@ class KernelMap:
         The Warp convolution reads ``nbr`` directly; only the weight gradient and the torch fallback for channel
         counts that are not a multiple of 16 iterate over pairs, so inference never pays for them.
         """
-        return pair_lists(self.nbr, self.nbr_t.shape[0], identity=self.identity)
+        return pair_lists(self.nbr, self.num_inputs, identity=self.identity)
+
+    @property
+    def num_inputs(self) -> int:
+        """Input voxels (rows of :attr:`nbr_t`), known without building the transpose."""
+        return self.nbr.shape[0] if self.transposed is None else self.transposed.shape[0]
 
 
 def triple(v: int | Sequence[int], name: str) -> tuple[int, int, int]:
@@ -137,9 +154,8 @@ def _dense_submanifold_kernel(
     gz: int,
     volume: wp.array(dtype=wp.int32),
     nbr: wp.array2d(dtype=wp.int32),
-    nbr_t: wp.array2d(dtype=wp.int32),
 ):
-    """Row ``row`` of the map and of its transpose from an index volume (cell -> row, ``_ABSENT`` if empty).
+    """Row ``row`` of the map from an index volume (cell -> row, ``_ABSENT`` if empty).
 
     ``shifts[k]`` = (dz, dy, dx, linear cell shift) of offset k and ``reach`` the largest |shift| per axis
     (z, y, x): voxels that far from every border skip the bounds tests. Every offset is probed (a probe is a
@@ -172,7 +188,61 @@ def _dense_submanifold_kernel(
                 if v != _ABSENT:
                     j = v
         nbr[row, k] = j
-        nbr_t[row, num_k - 1 - k] = j
+
+
+def _unrolled_dense_submanifold_kernel(kz: int, ky: int, kx: int) -> Any:
+    """:func:`_dense_submanifold_kernel` for one kernel size, with the offset loops unrolled at compile time.
+
+    The sizes are closure constants, so Warp unrolls the loops: every probe address is ``column + constant``
+    and the z-neighbours of a column are adjacent cells (z is the volume's fastest axis). 1.7-2.5x faster than
+    the generic kernel's per-offset shift-table reads at 100k voxels. Built at import for :data:`UNROLLED_SIZES`
+    only: a kernel created later would make Warp rebuild the whole module.
+    """
+    num_k = kz * ky * kx
+    centre = num_k // 2
+    hz, hy, hx = kz // 2, ky // 2, kx // 2
+
+    @wp.kernel
+    def _dense_submanifold_unrolled_kernel(
+        offset: int,
+        coords: wp.array2d(dtype=wp.int32),
+        dilation: wp.vec3i,
+        gx: int,
+        gy: int,
+        gz: int,
+        volume: wp.array(dtype=wp.int32),
+        nbr: wp.array2d(dtype=wp.int32),
+    ):
+        row = wp.tid() + offset
+        z0 = coords[row, 1]
+        y0 = coords[row, 2]
+        x0 = coords[row, 3]
+        base = ((coords[row, 0] * gx + x0) * gy + y0) * gz + z0
+        rz = hz * dilation[0]
+        ry = hy * dilation[1]
+        rx = hx * dilation[2]
+        inside = z0 >= rz and y0 >= ry and x0 >= rx and z0 < gz - rz and y0 < gy - ry and x0 < gx - rx
+        for ix in range(kx):
+            x = x0 + (ix - hx) * dilation[2]
+            for iy in range(ky):
+                y = y0 + (iy - hy) * dilation[1]
+                column = base + ((ix - hx) * dilation[2] * gy + (iy - hy) * dilation[1]) * gz
+                for iz in range(kz):
+                    j = int(-1)
+                    z = z0 + (iz - hz) * dilation[0]
+                    if inside or (z >= 0 and y >= 0 and x >= 0 and z < gz and y < gy and x < gx):
+                        v = volume[column + (iz - hz) * dilation[0]]
+                        if v != _ABSENT:
+                            j = v
+                    nbr[row, (iz * ky + iy) * kx + ix] = j
+        nbr[row, centre] = row  # the voxel itself, duplicates included (as on the hash path)
+
+    return _dense_submanifold_unrolled_kernel
+
+
+UNROLLED_SIZES = ((3, 3, 3), (5, 5, 5))
+"""Submanifold kernel sizes whose dense-volume map runs an unrolled kernel (the 3³ and 5³ of the usual nets)."""
+_UNROLLED_DENSE_KERNELS = {size: _unrolled_dense_submanifold_kernel(*size) for size in UNROLLED_SIZES}
 
 
 @wp.kernel
@@ -292,19 +362,27 @@ def submanifold_map(
         volume = torch.full((volume_cells(coords, grid),), int(_ABSENT), dtype=torch.int32, device=coords.device)
         volume.scatter_reduce_(0, keys, torch.arange(m, dtype=torch.int32, device=coords.device), "amin")
         nbr = torch.empty((m, num_k), dtype=torch.int32, device=coords.device)
-        nbr_t = torch.empty_like(nbr)
-        half = torch.tensor([k // 2 for k in ks], dtype=torch.int32, device=coords.device)
-        step = (offsets - half) * torch.tensor(dil, dtype=torch.int32, device=coords.device)  # (dz, dy, dx)
-        linear = step[:, 0] + grid[2] * (step[:, 1] + grid[1] * step[:, 2])
-        shifts = torch.cat([step, linear[:, None]], 1).contiguous()
-        reach = wp.vec3i(*[(k // 2) * d for k, d in zip(ks, dil)])
-        launch(
-            _dense_submanifold_kernel,
-            m,
-            [to_wp(coords), to_wp(shifts), reach, grid[0], grid[1], grid[2], to_wp(volume), to_wp(nbr), to_wp(nbr_t)],
-            wp_device(coords),
-        )
-        return KernelMap(coords, tuple(grid), nbr, nbr_t, identity=centre)  # type: ignore[arg-type]
+        unrolled = _UNROLLED_DENSE_KERNELS.get(ks)
+        if unrolled is not None:
+            launch(
+                unrolled,
+                m,
+                [to_wp(coords), wp.vec3i(*dil), grid[0], grid[1], grid[2], to_wp(volume), to_wp(nbr)],
+                wp_device(coords),
+            )
+        else:
+            half = torch.tensor([k // 2 for k in ks], dtype=torch.int32, device=coords.device)
+            step = (offsets - half) * torch.tensor(dil, dtype=torch.int32, device=coords.device)  # (dz, dy, dx)
+            linear = step[:, 0] + grid[2] * (step[:, 1] + grid[1] * step[:, 2])
+            shifts = torch.cat([step, linear[:, None]], 1).contiguous()
+            reach = wp.vec3i(*[(k // 2) * d for k, d in zip(ks, dil)])
+            launch(
+                _dense_submanifold_kernel,
+                m,
+                [to_wp(coords), to_wp(shifts), reach, grid[0], grid[1], grid[2], to_wp(volume), to_wp(nbr)],
+                wp_device(coords),
+            )
+        return KernelMap(coords, tuple(grid), nbr, identity=centre)  # type: ignore[arg-type]
     nbr = torch.full((m, num_k), -1, dtype=torch.int32, device=coords.device)
     if m:
         if table is None:
@@ -325,10 +403,7 @@ def submanifold_map(
             ],
             wp_device(coords),
         )
-    # Input i reaches output j through offset k iff j reaches i through the mirrored offset K-1-k, so the
-    # transposed map of a submanifold conv is the map with its offset axis reversed.
-    nbr_t = nbr.flip(1).contiguous()
-    return KernelMap(coords, tuple(grid), nbr, nbr_t, identity=centre)  # type: ignore[arg-type]
+    return KernelMap(coords, tuple(grid), nbr, identity=centre)  # type: ignore[arg-type]
 
 
 def conv_output_grid(
@@ -382,7 +457,9 @@ def strided_map(
             ],
             dev,
         )
-    out_keys, inverse, _ = unique_keys_with_inverse(proposals)
+    out_keys, inverse, _ = unique_keys_with_inverse(
+        proposals, max(1, int(coords[:, 0].max()) + 1 if m else 1) * out_grid[0] * out_grid[1] * out_grid[2]
+    )
     out_coords = decode_keys(out_keys, out_grid)
     nbr_t = inverse.to(torch.int32).reshape(m, num_k)
     nbr = transpose_map(nbr_t, out_coords.shape[0])

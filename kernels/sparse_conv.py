@@ -293,11 +293,12 @@ def _accumulate(src: torch.Tensor, weight: torch.Tensor, gather_idx: torch.Tenso
 class SparseConvFunction(torch.autograd.Function):
     """features (M_in, C_in), weight (K, C_in, C_out), kernel map (nbr, nbr_t) and its pair lists -> (M_out, C_out).
 
-    ``get_pairs`` builds (or returns cached) pair lists; it is called only by the paths that need them.
+    ``get_nbr_t`` and ``get_pairs`` return the (possibly cached or lazily built) transpose and pair lists; only
+    the backward paths that need them call them.
     """
 
     @staticmethod
-    def forward(ctx, features, weight, nbr, nbr_t, get_pairs: Callable[[], PairLists]):  # type: ignore[override]
+    def forward(ctx, features, weight, nbr, get_nbr_t: Callable[[], torch.Tensor], get_pairs: Callable[[], PairLists]):  # type: ignore[override]
         feats = features.detach().contiguous()
         w = weight.detach().contiguous()
         if warp_path(w.shape[2]):
@@ -305,19 +306,20 @@ class SparseConvFunction(torch.autograd.Function):
         else:
             pairs = get_pairs()
             out = _accumulate(feats, w, pairs.inputs, pairs.outputs, pairs, nbr.shape[0], False)
-        ctx.save_for_backward(feats, w, nbr_t)
+        ctx.save_for_backward(feats, w)
+        ctx.get_nbr_t = get_nbr_t
         ctx.get_pairs = get_pairs
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        feats, w, nbr_t = ctx.saved_tensors
+        feats, w = ctx.saved_tensors
         get_pairs: Callable[[], PairLists] = ctx.get_pairs
         grad_out = grad_out.contiguous().to(torch.float32)
         grad_feats = grad_w = None
         if ctx.needs_input_grad[0]:
             if warp_path(w.shape[1]):
-                grad_feats = gather_conv(grad_out, w.transpose(1, 2), nbr_t)
+                grad_feats = gather_conv(grad_out, w.transpose(1, 2), ctx.get_nbr_t())
             else:
                 pairs = get_pairs()
                 grad_feats = _accumulate(grad_out, w, pairs.outputs, pairs.inputs, pairs, feats.shape[0], True)
@@ -341,30 +343,45 @@ def sparse_conv(
     features: torch.Tensor,
     weight: torch.Tensor,
     nbr: torch.Tensor,
-    nbr_t: torch.Tensor,
+    nbr_t: torch.Tensor | Callable[[], torch.Tensor],
     pairs: PairLists | Callable[[], PairLists] | None = None,
 ) -> torch.Tensor:
     """Apply a sparse convolution given its kernel map (see :mod:`sparse3d.kernels.kernel_map`).
 
-    ``pairs`` (from :func:`pair_lists`), or a callable returning them (e.g. ``lambda: kmap.pairs``, which caches
-    on the map), reuses the grouping across layers sharing a map; without it they are built when needed.
+    ``nbr_t`` is the transposed map or a callable returning it (e.g. ``lambda: kmap.nbr_t``, which a submanifold
+    map builds on first use): only the feature gradient reads it. ``pairs`` (from :func:`pair_lists`), or a
+    callable returning them (e.g. ``lambda: kmap.pairs``, which caches on the map), reuses the grouping across
+    layers sharing a map; without it they are built when needed.
     """
     check_tensor("features", features, torch.float32, ndim=2)
     check_tensor("weight", weight, torch.float32, ndim=3)
     check_tensor("nbr", nbr, torch.int32, ndim=2)
-    check_tensor("nbr_t", nbr_t, torch.int32, ndim=2)
     k, c_in, _ = weight.shape
     if features.shape[1] != c_in:
         raise ValueError(f"features have {features.shape[1]} channels but the weight expects {c_in}")
-    if nbr.shape[1] != k or nbr_t.shape[1] != k:
-        raise ValueError(f"kernel maps have {nbr.shape[1]}/{nbr_t.shape[1]} offsets but the weight has {k}")
-    if nbr_t.shape[0] != features.shape[0]:
-        raise ValueError(f"transposed map has {nbr_t.shape[0]} rows but features have {features.shape[0]}")
+    if nbr.shape[1] != k:
+        raise ValueError(f"kernel map has {nbr.shape[1]} offsets but the weight has {k}")
     # Out-of-range map entries would make the gather kernel read outside the feature buffer.
     if nbr.numel() and int(nbr.max()) >= features.shape[0]:
         raise ValueError(f"nbr refers to row {int(nbr.max())} but features have {features.shape[0]} rows")
-    if nbr_t.numel() and int(nbr_t.max()) >= nbr.shape[0]:
-        raise ValueError(f"nbr_t refers to output {int(nbr_t.max())} but nbr has {nbr.shape[0]} rows")
+    num_inputs, num_outputs = features.shape[0], nbr.shape[0]
+
+    def checked_transpose(t: torch.Tensor) -> torch.Tensor:
+        check_tensor("nbr_t", t, torch.int32, ndim=2)
+        if t.shape[1] != k:
+            raise ValueError(f"transposed map has {t.shape[1]} offsets but the weight has {k}")
+        if t.shape[0] != num_inputs:
+            raise ValueError(f"transposed map has {t.shape[0]} rows but features have {num_inputs}")
+        if t.numel() and int(t.max()) >= num_outputs:
+            raise ValueError(f"nbr_t refers to output {int(t.max())} but nbr has {num_outputs} rows")
+        return t.contiguous()
+
+    if isinstance(nbr_t, torch.Tensor):
+        nbr_t = checked_transpose(nbr_t)
+        get_nbr_t: Callable[[], torch.Tensor] = lambda: nbr_t  # noqa: E731
+    else:
+        build_nbr_t = nbr_t
+        get_nbr_t = lambda: checked_transpose(build_nbr_t())  # noqa: E731
     init()
     if isinstance(pairs, PairLists):
         get_pairs: Callable[[], PairLists] = lambda: pairs  # noqa: E731
@@ -373,4 +390,4 @@ def sparse_conv(
     else:
         get_pairs = functools.cache(lambda: pair_lists(nbr, features.shape[0]))
 
-    return SparseConvFunction.apply(features, weight, nbr.contiguous(), nbr_t.contiguous(), get_pairs)
+    return SparseConvFunction.apply(features, weight, nbr.contiguous(), get_nbr_t, get_pairs)

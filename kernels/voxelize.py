@@ -2,7 +2,8 @@
 
 "Dynamic" as in DSVT/OpenPCDet's dynamic VFE: no cap on points per voxel or on the voxel count. A Warp kernel
 computes one packed int64 key per point (dropping non-finite and out-of-range points, counted separately), then
-a sort-based unique de-duplicates them. Output voxels are sorted by key ``b·(X·Y·Z) + ix·(Y·Z) + iy·Z + iz`` -- the order ``torch.unique`` gives in the
+:func:`~sparse3d.kernels.hashmap.unique_keys_with_inverse` de-duplicates them (an occupancy bitmap of the grid
+when it has few cells per point, else a sort). Output voxels are sorted by key ``b·(X·Y·Z) + ix·(Y·Z) + iy·Z + iz`` -- the order ``torch.unique`` gives in the
 official code -- and coords are emitted as (batch, z, y, x) int32.
 """
 
@@ -162,8 +163,8 @@ def voxelize(
         [to_wp(points), to_wp(batch_idx), lo, size, grid[0], grid[1], grid[2], to_wp(keys)],
         wdev,
     )
-    voxel_keys, inverse, counts = unique_keys_with_inverse(keys)
+    voxel_keys, inverse, counts = unique_keys_with_inverse(keys, batch_size * grid[0] * grid[1] * grid[2])
     coords = decode_keys(voxel_keys, grid)
     nonfinite = int((keys == _NONFINITE).sum())
-    out_of_range = int((keys == _OUT_OF_RANGE).sum())
+    out_of_range = n - int(counts.sum()) - nonfinite  # every other dropped point is out of range
     return Voxelization(coords, inverse, counts, nonfinite, out_of_range, grid)

@@ -82,7 +82,7 @@ def test_bench_kernels_quick_writes_consistent_records(tmp_path: Path) -> None:
     names = {r["name"] for r in records}
     for expected in (
         "voxelize",
-        "subm_map k3 (kernel map + transpose)",
+        "subm_map k3 (kernel map)",
         "subm_conv k3 fwd (map+conv)",
         "subm_conv k3 fwd (conv only)",
         "subm_conv k3 fwd+bwd (conv only)",

@@ -64,7 +64,7 @@ def test_cuda_matches_cpu():
     pts[::101, 0] = float("nan")
     batch = torch.randint(0, 2, (n,), generator=g, dtype=torch.int32)
 
-    # voxelize (hash table de-dup with real CUDA atomics)
+    # voxelize (sort de-dup on CUDA)
     cpu = voxelize(pts, size, rng, batch)
     gpu = voxelize(pts.cuda(), size, rng, batch.cuda())
     assert gpu.coords.device.type == "cuda"
@@ -81,6 +81,9 @@ def test_cuda_matches_cpu():
     q = torch.randint(-2, 6000, (30_000,), generator=g)
     assert torch.equal(VoxelHashTable(keys.cuda()).query(q.cuda()).cpu(), VoxelHashTable(keys).query(q))
     for a, b in zip(unique_keys_with_inverse(keys.cuda()), unique_keys_with_inverse(keys)):
+        assert torch.equal(a.cpu(), b)
+    # occupancy-bitmap de-dup (one bitmap, real CUDA atomic_or) against the CPU sort
+    for a, b in zip(unique_keys_with_inverse(keys.cuda(), 5000, "occupancy"), unique_keys_with_inverse(keys)):
         assert torch.equal(a.cpu(), b)
 
     # segment reductions and their gradients

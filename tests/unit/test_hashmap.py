@@ -47,8 +47,10 @@ def assert_table_matches(keys: torch.Tensor, queries: torch.Tensor) -> H.VoxelHa
     return table
 
 
-def assert_unique_matches(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    got = H.unique_keys_with_inverse(keys)
+def assert_unique_matches(
+    keys: torch.Tensor, key_range: int | None = None, method: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    got = H.unique_keys_with_inverse(keys, key_range, method)
     valid = keys >= 0
     uniq, inv, counts = torch.unique(keys[valid], sorted=True, return_inverse=True, return_counts=True)
     assert got[0].dtype == torch.int64 and got[1].dtype == torch.int64 and got[2].dtype == torch.int32
@@ -203,6 +205,47 @@ def test_unique_random(n, high, neg, seed):
     assert_unique_matches(random_keys(n, high, seed, neg))
 
 
+@pytest.mark.parametrize("method", ["sort", "occupancy"])
+@pytest.mark.parametrize(
+    "n,high,neg,seed", [(1, 5, 0.0, 0), (17, 5, 0.0, 1), (1000, 300, 0.2, 2), (5000, 10**7, 0.05, 3), (BIG, 4096, 0.1, 4)]
+)
+def test_unique_methods_agree_with_oracle(n, high, neg, seed, method):
+    assert_unique_matches(random_keys(n, high, seed, neg), key_range=high, method=method)
+
+
+def test_occupancy_word_boundaries_and_codes():
+    # keys on both sides of 64-bit word boundaries, the range ends, duplicates and two negative codes
+    keys = torch.tensor([127, 64, 63, 0, -1, 64, 191, 128, -2, 0, 63, 1000 - 1, 65, 62, 1], dtype=torch.int64)
+    u, inv, c = assert_unique_matches(keys, key_range=1000, method="occupancy")
+    assert u.tolist() == [0, 1, 62, 63, 64, 65, 127, 128, 191, 999]
+    assert c.tolist() == [2, 1, 1, 2, 2, 1, 1, 1, 1, 1]
+    assert_unique_matches(torch.full((70,), -1, dtype=torch.int64), key_range=64, method="occupancy")
+    u, inv, c = H.unique_keys_with_inverse(torch.empty(0, dtype=torch.int64), 10, "occupancy")
+    assert u.shape == inv.shape == c.shape == (0,)
+
+
+def test_occupancy_identical_for_any_partition_count(parts):
+    keys = random_keys(BIG, 3 * BIG, seed=41, neg_frac=0.05)
+    keys[:64] = 3 * BIG - 1 - torch.arange(64)
+    want = R.unique_keys_with_inverse(keys)
+    for n in (1, 2, 3, 4):
+        parts(n)
+        for a, b in zip(H.unique_keys_with_inverse(keys, 3 * BIG, "occupancy"), want):
+            assert torch.equal(a, b), n
+
+
+def test_auto_method_choice(monkeypatch):
+    calls = []
+    real = H.occupancy_unique
+    monkeypatch.setattr(H, "occupancy_unique", lambda k, r: calls.append(r) or real(k, r))
+    keys = random_keys(1000, 300, seed=5)
+    H.unique_keys_with_inverse(keys)  # no range: sort
+    H.unique_keys_with_inverse(keys, 1000 * H.OCCUPANCY_CELLS_PER_KEY + 1)  # too sparse: sort
+    assert calls == []
+    H.unique_keys_with_inverse(keys, 1000 * H.OCCUPANCY_CELLS_PER_KEY)
+    assert calls == [1000 * H.OCCUPANCY_CELLS_PER_KEY]
+
+
 def test_unique_empty_and_all_negative():
     u, inv, c = H.unique_keys_with_inverse(torch.empty(0, dtype=torch.int64))
     assert u.shape == (0,) and inv.shape == (0,) and c.shape == (0,)
@@ -219,6 +262,15 @@ def test_unique_single_key_and_all_equal():
 
 
 def test_unique_wrong_input_raises():
+    keys = torch.tensor([3, 9, -1], dtype=torch.int64)
+    with pytest.raises(ValueError, match="key_range"):
+        H.unique_keys_with_inverse(keys, method="occupancy")
+    with pytest.raises(ValueError, match="outside key_range"):
+        H.unique_keys_with_inverse(keys, 9)
+    with pytest.raises(ValueError, match="too large"):
+        H.unique_keys_with_inverse(keys, H.OCCUPANCY_MAX_CELLS + 1, "occupancy")
+    with pytest.raises(ValueError, match="method"):
+        H.unique_keys_with_inverse(keys, 10, "radix")
     with pytest.raises(ValueError, match="keys"):
         H.unique_keys_with_inverse(torch.arange(4, dtype=torch.int32))
     with pytest.raises(ValueError, match="keys"):

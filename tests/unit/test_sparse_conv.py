@@ -123,6 +123,33 @@ def test_hand_computed_submanifold():
     assert g.tolist() == [[11.0], [110.0]]
 
 
+def test_lazy_transpose_is_built_only_for_the_feature_gradient(coords):
+    km = KM.submanifold_map(coords, GRID, 3)
+    assert km.transposed is None and "nbr_t" not in vars(km)  # a submanifold map defers its transpose
+    calls = []
+
+    def nbr_t():
+        calls.append(1)
+        return km.nbr_t
+
+    feats, weight = rand(coords.shape[0], 16, seed=12), rand(27, 16, 16, seed=13)
+    with torch.no_grad():
+        sparse_conv(feats, weight, km.nbr, nbr_t)
+    w = weight.clone().requires_grad_(True)
+    sparse_conv(feats, w, km.nbr, nbr_t).sum().backward()  # weight gradient only: pair lists, no transpose
+    assert calls == []
+    f = feats.clone().requires_grad_(True)
+    (g_lazy,) = torch.autograd.grad(sparse_conv(f, weight, km.nbr, nbr_t).square().sum(), f)
+    assert calls == [1]
+    (g_eager,) = torch.autograd.grad(sparse_conv(f, weight, km.nbr, km.nbr_t.clone()).square().sum(), f)
+    assert torch.equal(g_lazy, g_eager)
+    ref = RC.conv_at_sites(coords, f, weight, GRID, (3, 3, 3), coords, padding=1)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), f)
+    close(g_lazy, g_ref)
+    with pytest.raises(ValueError, match="nbr_t"):  # a bad lazily built transpose is still rejected
+        sparse_conv(f, weight, km.nbr, lambda: km.nbr_t.long()).sum().backward()
+
+
 def test_gradient_only_for_features_or_only_for_weight(coords):
     km = KM.submanifold_map(coords, GRID, 3)
     feats, weight = rand(coords.shape[0], 2, seed=10), rand(27, 2, 3, seed=11)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sparse3d.kernels.runtime as runtime
+from sparse3d.kernels import hashmap as H
 from sparse3d.kernels import voxelize as V
 from sparse3d.kernels.reference import voxelize as R
 
@@ -245,6 +246,20 @@ def test_large_input_split_path():
     pts[::997, 1] = float("nan")
     batch = (torch.arange(n) * 3 // n).to(torch.int32)
     both(pts, (0.2, 0.2, 0.25), (0.0, -20.0, -2.0, 40.0, 20.0, 2.0), batch)
+
+
+def test_occupancy_and_sort_dedup_give_the_same_voxels(monkeypatch):
+    # GRID has 6144 cells: 20k points take the occupancy bitmap, and forcing the sort must not change anything
+    pts = random_cloud(20_000, seed=71)
+    batch = torch.randint(0, 3, (20_000,), generator=torch.Generator().manual_seed(72), dtype=torch.int32)
+    calls = []
+    real = H.occupancy_unique
+    monkeypatch.setattr(H, "occupancy_unique", lambda k, r: calls.append(r) or real(k, r))
+    got = both(pts, batch_idx=batch)
+    assert calls == [3 * GRID[0] * GRID[1] * GRID[2]]
+    monkeypatch.setattr(H, "OCCUPANCY_CELLS_PER_KEY", 0)
+    assert_same(V.voxelize(pts, SIZE, RANGE, batch), got)
+    assert len(calls) == 1
 
 
 def test_large_input_forced_partitions(monkeypatch):

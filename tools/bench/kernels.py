@@ -463,7 +463,7 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
         map_note = _check_note(ok, "torch ref (nbr, nbr_t)")
     records.append(
         BenchRecord(
-            SUITE, "subm_map k3 (kernel map + transpose)", num_voxels, kmap_m.median_s, None, None,
+            SUITE, "subm_map k3 (kernel map)", num_voxels, kmap_m.median_s, None, None,
             kmap_m.peak_rss_mb,
             _join(f"{'dense index-volume' if km.use_dense_index(coords, grid) else 'hash-table'} map, {gsize}, "
                   f"{common['avg_neighbors']} active neighbours/voxel",
@@ -511,7 +511,7 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
 
         def ours_full() -> torch.Tensor:
             m = km.submanifold_map(coords, grid, 3)
-            return sparse_conv(feats, weight, m.nbr, m.nbr_t, pairs=lambda: m.pairs)
+            return sparse_conv(feats, weight, m.nbr, lambda: m.nbr_t, pairs=lambda: m.pairs)
 
         def ref_full() -> torch.Tensor:
             m = ref_km.submanifold_map(coords_cpu, grid, 3)
