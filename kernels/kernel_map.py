@@ -457,9 +457,8 @@ def strided_map(
             ],
             dev,
         )
-    out_keys, inverse, _ = unique_keys_with_inverse(
-        proposals, max(1, int(coords[:, 0].max()) + 1 if m else 1) * out_grid[0] * out_grid[1] * out_grid[2]
-    )
+    batch_size = int(coords[:, 0].max()) + 1 if m else 1
+    out_keys, inverse, _ = unique_keys_with_inverse(proposals, batch_size * out_grid[0] * out_grid[1] * out_grid[2])
     out_coords = decode_keys(out_keys, out_grid)
     nbr_t = inverse.to(torch.int32).reshape(m, num_k)
     nbr = transpose_map(nbr_t, out_coords.shape[0])
