@@ -36,7 +36,7 @@ from sparse3d.kernels.hashmap import (
     unique_keys_with_inverse,
 )
 from sparse3d.kernels.runtime import check_tensor, init, launch, to_wp, wp_device
-from sparse3d.kernels.sparse_conv import PairLists, pair_lists
+from sparse3d.kernels.sparse_conv import ConvTiles, PairLists, conv_tiles, pair_lists
 
 wp.set_module_options({"enable_backward": False, "optimization_level": 3})
 
@@ -80,6 +80,16 @@ class KernelMap:
         counts that are not a multiple of 16 iterate over pairs, so inference never pays for them.
         """
         return pair_lists(self.nbr, self.num_inputs, identity=self.identity)
+
+    @cached_property
+    def tiles(self) -> ConvTiles:
+        """:attr:`nbr` tiled for the CPU convolution kernel, built on first use and shared by every layer."""
+        return conv_tiles(self.nbr)
+
+    @cached_property
+    def tiles_t(self) -> ConvTiles:
+        """:attr:`nbr_t` tiled for the CPU kernel of the feature gradient, built on first use."""
+        return conv_tiles(self.nbr_t)
 
     @property
     def num_inputs(self) -> int:
@@ -173,7 +183,7 @@ def _dense_submanifold_kernel(
         and z0 < gz - reach[0] and y0 < gy - reach[1] and x0 < gx - reach[2]
     )
     for k in range(num_k):
-        j = int(-1)
+        j = int(-1)  # noqa: UP018 -- a Warp variable, not a constant: reassigned below
         if k == centre:
             j = row  # the centre is the voxel itself, duplicates included (as on the hash path)
         else:
@@ -228,7 +238,7 @@ def _unrolled_dense_submanifold_kernel(kz: int, ky: int, kx: int) -> Any:
                 y = y0 + (iy - hy) * dilation[1]
                 column = base + ((ix - hx) * dilation[2] * gy + (iy - hy) * dilation[1]) * gz
                 for iz in range(kz):
-                    j = int(-1)
+                    j = int(-1)  # noqa: UP018
                     z = z0 + (iz - hz) * dilation[0]
                     if inside or (z >= 0 and y >= 0 and x >= 0 and z < gz and y < gy and x < gx):
                         v = volume[column + (iz - hz) * dilation[0]]

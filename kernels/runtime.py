@@ -136,15 +136,20 @@ def to_wp(t: torch.Tensor, dtype: Any = None) -> wp.array:
     return wp.from_torch(t, dtype=dtype, requires_grad=False)
 
 
-def launch(kernel: Any, dim: int, inputs: Sequence[Any], device: str, split: bool = True) -> None:
+def launch(
+    kernel: Any, dim: int, inputs: Sequence[Any], device: str, split: bool = True, min_split: int | None = None
+) -> None:
     """Launch ``kernel(offset, *inputs)`` over ``range(dim)``; on the CPU split into chunks over the cores.
 
     The kernel's first parameter must be ``offset: int`` and its element index ``wp.tid() + offset``.
+    ``min_split`` is the smallest ``dim`` that is split (default :data:`SPLIT_MIN_ELEMENTS`): lower it for
+    kernels whose threads each do a lot.
     """
     init()
     if dim <= 0:
         return
-    n_chunks = cpu_threads() if (device == "cpu" and split and dim >= SPLIT_MIN_ELEMENTS) else 1
+    smallest = SPLIT_MIN_ELEMENTS if min_split is None else max(2, min_split)
+    n_chunks = cpu_threads() if (device == "cpu" and split and dim >= smallest) else 1
     if n_chunks > 1:
         # Compile/load once here: concurrent first launches from the pool would each compile the module.
         wp.load_module(kernel.module, device=device)

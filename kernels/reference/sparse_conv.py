@@ -49,3 +49,24 @@ def inverse_conv_at_sites(down_coords, feats, weight, down_grid, kernel_size, st
     pad = [0, out_grid[0] - out.shape[4], 0, out_grid[1] - out.shape[3], 0, out_grid[2] - out.shape[2]]
     out = F.pad(out, [max(0, p) for p in pad])
     return read_sites(out, out_coords)
+
+
+def conv_tiles_reference(nbr: torch.Tensor, block_rows: int, tile_rows: int) -> list[tuple[torch.Tensor, ...]]:
+    """Per output block, the (inputs, outputs, offsets) tiles the CPU kernel expects, by plain indexing.
+
+    Within a block: offsets ascending, each offset's active rows ascending, its last tile padded with input 0 and
+    output ``M + block`` (the block's scratch row).
+    """
+    m, num_k = nbr.shape
+    blocks = []
+    for b, start in enumerate(range(0, m, block_rows)):
+        rows = torch.arange(start, min(start + block_rows, m))
+        ins, outs, offs = [], [], []
+        for k in range(num_k):
+            active = rows[nbr[rows, k] >= 0]
+            pad = -active.numel() % tile_rows
+            ins.append(torch.cat([nbr[active, k].long(), torch.zeros(pad, dtype=torch.long)]))
+            outs.append(torch.cat([active, torch.full((pad,), m + b)]))
+            offs.append(torch.full(((active.numel() + pad) // tile_rows,), k))
+        blocks.append((torch.cat(ins).view(-1, tile_rows), torch.cat(outs).view(-1, tile_rows), torch.cat(offs)))
+    return blocks

@@ -42,7 +42,8 @@ class _SparseConvBase(nn.Module):
     def _conv(self, x: SparseVoxelTensor, kmap: KernelMap) -> torch.Tensor:
         if x.features.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects {self.in_channels} channels, got {x.features.shape[1]}")
-        out = sparse_conv(x.features.float(), self.weight, kmap.nbr, lambda: kmap.nbr_t, pairs=lambda: kmap.pairs)
+        out = sparse_conv(x.features.float(), self.weight, kmap.nbr, lambda: kmap.nbr_t, pairs=lambda: kmap.pairs,
+                          tiles=lambda: kmap.tiles, tiles_t=lambda: kmap.tiles_t)
         return out + self.bias if self.bias is not None else out
 
     def extra_repr(self) -> str:

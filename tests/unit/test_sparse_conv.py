@@ -32,13 +32,13 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> None:
     assert err <= tol * scale, f"max error {err} > {tol} * {scale}"
 
 
-def check_against_oracle(map_, feats, weight, oracle_fn, seed: int) -> None:
+def check_against_oracle(map_, feats, weight, oracle_fn, seed: int, **conv_kwargs) -> None:
     """Values and gradients (features and weight) of sparse_conv vs a differentiable dense oracle."""
     f = feats.clone().requires_grad_(True)
     w = weight.clone().requires_grad_(True)
     fr = feats.clone().requires_grad_(True)
     wr = weight.clone().requires_grad_(True)
-    out = sparse_conv(f, w, map_.nbr, map_.nbr_t)
+    out = sparse_conv(f, w, map_.nbr, map_.nbr_t, **conv_kwargs)
     ref = oracle_fn(fr, wr)
     assert out.shape == ref.shape and out.dtype == torch.float32
     close(out, ref)
@@ -233,6 +233,99 @@ def test_kernel_map_pairs_are_built_lazily_and_cached(coords):
                     pairs=lambda: km.pairs)
     assert "pairs" not in vars(km)
     assert km.pairs is km.pairs and km.pairs.identity == 13
+
+
+# ------------------------------------------------------------------------------------ CPU tiles of a map
+def test_conv_tiles_match_the_reference_layout():
+    grid = (12, 10, 8)
+    coords = occupancy_coords(grid, 2, 0.3, seed=40)
+    sub = KM.submanifold_map(coords, grid, 3)
+    strided = KM.strided_map(coords, grid, 3, 2, 1)
+    for nbr in (sub.nbr, sub.nbr_t, strided.nbr, strided.nbr_t):
+        for block_rows in (1, 5, 64, 100_000):
+            t = SC.conv_tiles(nbr, block_rows)
+            ref = RC.conv_tiles_reference(nbr, block_rows, SC.TILE_ROWS)
+            assert t.num_blocks == len(ref) and t.num_outputs == nbr.shape[0] and t.max_input == int(nbr.max())
+            for b, (r_in, r_out, r_k) in enumerate(ref):
+                s, e = b * t.block_capacity, int(t.block_ends[b])
+                assert e - s == r_k.numel() <= t.block_capacity
+                assert torch.equal(t.inputs[s:e].long(), r_in)
+                assert torch.equal(t.outputs[s:e].long(), r_out)
+                assert torch.equal(t.offsets[s:e].long(), r_k)
+            assert t.num_tiles == sum(r[2].numel() for r in ref)
+
+
+def test_conv_tiles_of_empty_and_fully_inactive_maps():
+    t = SC.conv_tiles(torch.empty(0, 27, dtype=torch.int32))
+    assert t.num_blocks == 0 and t.num_tiles == 0 and t.max_input == -1
+    t = SC.conv_tiles(torch.full((300, 27), -1, dtype=torch.int32), block_rows=128)
+    assert t.num_blocks == 3 and t.num_tiles == 0
+    out = SC.gather_conv(torch.randn(4, 16), torch.randn(27, 16, 16), torch.full((300, 27), -1, dtype=torch.int32), t)
+    assert torch.equal(out, torch.zeros(300, 16))
+    with pytest.raises(ValueError, match="block_rows"):
+        SC.conv_tiles(torch.zeros(3, 27, dtype=torch.int32), block_rows=0)
+
+
+TILED_CHANNELS = [(16, 16), (32, 32), (16, 48), (32, 64), (48, 16)]
+
+
+@pytest.mark.parametrize("c_in,c_out", TILED_CHANNELS)
+def test_tiled_kernel_over_many_blocks_vs_dense(c_in, c_out):
+    # Small blocks give many blocks, partly filled tiles and padding in every group, forward and backward.
+    grid = (12, 10, 8)
+    coords = occupancy_coords(grid, 2, 0.35, seed=41)
+    km = KM.submanifold_map(coords, grid, 3)
+    feats, weight = rand(coords.shape[0], c_in, seed=42), rand(27, c_in, c_out, seed=43) * 0.1
+    check_against_oracle(
+        km, feats, weight, lambda f, w: RC.conv_at_sites(coords, f, w, grid, (3, 3, 3), coords, padding=1), seed=44,
+        tiles=SC.conv_tiles(km.nbr, 5), tiles_t=lambda: SC.conv_tiles(km.nbr_t, 13),
+    )
+    fwd = KM.strided_map(coords, grid, 3, 2, 1)
+    check_against_oracle(
+        fwd, feats, weight,
+        lambda f, w: RC.conv_at_sites(coords, f, w, grid, (3, 3, 3), fwd.out_coords, stride=(2, 2, 2), padding=(1, 1, 1)),
+        seed=45, tiles=SC.conv_tiles(fwd.nbr, 3), tiles_t=SC.conv_tiles(fwd.nbr_t, 9),
+    )
+
+
+def test_tiled_kernel_on_a_fully_occupied_grid():
+    # Every neighbour active: full tiles only, and outputs whose 27 inputs span three blocks.
+    grid = (6, 5, 4)
+    coords = occupancy_coords(grid, 1, 1.01, seed=46)
+    km = KM.submanifold_map(coords, grid, 3)
+    feats, weight = rand(coords.shape[0], 32, seed=47), rand(27, 32, 32, seed=48) * 0.1
+    check_against_oracle(
+        km, feats, weight, lambda f, w: RC.conv_at_sites(coords, f, w, grid, (3, 3, 3), coords, padding=1), seed=49,
+        tiles=SC.conv_tiles(km.nbr, 40),
+    )
+
+
+def test_kernel_map_tiles_are_built_lazily_and_cached(coords):
+    km = KM.submanifold_map(coords, GRID, 3)
+    feats, weight = rand(coords.shape[0], 16, seed=50), rand(27, 16, 16, seed=51)
+    with torch.no_grad():
+        out = sparse_conv(feats, weight, km.nbr, lambda: km.nbr_t, tiles=lambda: km.tiles,
+                          tiles_t=lambda: km.tiles_t)
+    assert "tiles" in vars(km) and "tiles_t" not in vars(km) and "nbr_t" not in vars(km)
+    assert km.tiles is km.tiles
+    close(out, RC.conv_at_sites(coords, feats, weight, GRID, (3, 3, 3), coords, padding=1))
+
+
+def test_tiles_of_another_map_are_rejected(coords):
+    km = KM.submanifold_map(coords, GRID, 3)
+    n = coords.shape[0]
+    f, w = rand(n, 16, seed=52), rand(27, 16, 16, seed=53)
+    other = SC.conv_tiles(km.nbr[: n - 1])
+    with pytest.raises(ValueError, match="tiles"):
+        sparse_conv(f, w, km.nbr, km.nbr_t, tiles=other)
+    fewer = torch.where(km.nbr == n - 1, -1, km.nbr)  # the same outputs over one input row less
+    with pytest.raises(ValueError, match="tiles"):  # the tiles would read the missing row
+        sparse_conv(f[: n - 1], w, fewer, KM.transpose_map(fewer, n - 1), tiles=SC.conv_tiles(km.nbr))
+    with pytest.raises(ValueError, match="ConvTiles"):
+        sparse_conv(f, w, km.nbr, km.nbr_t, tiles=lambda: km.pairs)
+    with pytest.raises(ValueError, match="tiles_t"):
+        f2 = f.clone().requires_grad_(True)
+        sparse_conv(f2, w, km.nbr, km.nbr_t, tiles_t=other).sum().backward()
 
 
 # ---------------------------------------------------------------------------------------------------- chunks

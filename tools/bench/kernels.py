@@ -432,7 +432,8 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
     """Kernel map, map + conv, conv alone and conv forward + backward of a 3×3×3 submanifold conv."""
     from sparse3d.kernels import kernel_map as km
     from sparse3d.kernels.reference import kernel_map as ref_km
-    from sparse3d.kernels.sparse_conv import sparse_conv
+    from sparse3d.kernels.reference.sparse_conv import conv_tiles_reference
+    from sparse3d.kernels.sparse_conv import TILE_ROWS, conv_tiles, sparse_conv
 
     coords_cpu, grid = surface_scene_coords(num_voxels, seed=3)
     g = torch.Generator().manual_seed(4)
@@ -474,6 +475,30 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
         )
     )
 
+    # ---- the map's tiles for the CPU convolution kernel (built once per map, like spconv's indice pairs)
+    tiles = tiles_t = None
+    if run.on_cpu:
+        tiles_m = run.time(lambda: conv_tiles(nbr), keep_result=True)
+        tiles = tiles_m.result
+        tiles_m.result = None
+        tiles_t = kmap.tiles_t
+        ref_tiles = conv_tiles_reference(nbr.cpu(), tiles.block_rows, TILE_ROWS)
+        ok = all(
+            torch.equal(tiles.inputs[b * tiles.block_capacity:int(tiles.block_ends[b])].long(), r_in)
+            and torch.equal(tiles.outputs[b * tiles.block_capacity:int(tiles.block_ends[b])].long(), r_out)
+            and torch.equal(tiles.offsets[b * tiles.block_capacity:int(tiles.block_ends[b])].long(), r_k)
+            for b, (r_in, r_out, r_k) in enumerate(ref_tiles)
+        )
+        records.append(
+            BenchRecord(
+                SUITE, "subm_map k3 conv tiles (CPU)", num_voxels, tiles_m.median_s, None, None, tiles_m.peak_rss_mb,
+                _join(f"{tiles.num_tiles} tiles of {TILE_ROWS} pairs in {tiles.num_blocks} blocks of "
+                      f"{tiles.block_rows} rows", _check_note(ok, "per-block torch reference layout (untimed loop)"),
+                      "no peer: spconv builds its pairs inside the conv (see map+conv)"),
+                dict(common),
+            )
+        )
+
     # ---- spconv peer (forward only on CPU)
     spconv_full = spconv_conv = None
     spconv_note = "spconv not installed"
@@ -511,7 +536,7 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
 
         def ours_full() -> torch.Tensor:
             m = km.submanifold_map(coords, grid, 3)
-            return sparse_conv(feats, weight, m.nbr, lambda: m.nbr_t, pairs=lambda: m.pairs)
+            return sparse_conv(feats, weight, m.nbr, lambda: m.nbr_t, pairs=lambda: m.pairs, tiles=lambda: m.tiles)
 
         def ref_full() -> torch.Tensor:
             m = ref_km.submanifold_map(coords_cpu, grid, 3)
@@ -519,14 +544,16 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
 
         for label, ours_fn, ref_fn, peer_fn in (
             ("map+conv", ours_full, ref_full, spconv_full),
-            ("conv only", lambda: sparse_conv(feats, weight, nbr, nbr_t, pairs=pairs),
+            ("conv only", lambda: sparse_conv(feats, weight, nbr, nbr_t, pairs=pairs, tiles=tiles),
              lambda: torch_gather_gemm(feats_cpu, weight_cpu, ref_kmap.nbr), spconv_conv),  # type: ignore[union-attr]
         ):
             ours_m = run.time(ours_fn, keep_result=True)
             ours_out = ours_m.result
             ours_m.result = None
             extra: dict[str, Any] = dict(common)
-            notes = [f"3×3×3 submanifold, {c}→{c} ch, {gsize}"]
+            notes = [f"3×3×3 submanifold, {c}→{c} ch, {gsize}",
+                     "map built in the call (its CPU tiles too)" if label == "map+conv"
+                     else "map, pair lists and CPU tiles prebuilt"]
             if ref_out is not None:
                 ref_m = run.time(ref_fn, on_device=False)
                 extra["torch_ref_s"] = ref_m.median_s
@@ -569,14 +596,14 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
     def ours_fb() -> tuple[torch.Tensor, torch.Tensor]:
         f_ours.grad = None
         w_ours.grad = None
-        sparse_conv(f_ours, w_ours, nbr, nbr_t, pairs=pairs).backward(grad)
+        sparse_conv(f_ours, w_ours, nbr, nbr_t, pairs=pairs, tiles=tiles, tiles_t=tiles_t).backward(grad)
         return f_ours.grad, w_ours.grad  # type: ignore[return-value]
 
     fb = run.time(ours_fb, keep_result=True)
     gf, gw = fb.result
     fb.result = None
     extra = dict(common)
-    notes = [f"3×3×3 submanifold, {c}→{c} ch, grads w.r.t. features and weight, map prebuilt"]
+    notes = [f"3×3×3 submanifold, {c}→{c} ch, grads w.r.t. features and weight, map, pairs and CPU tiles (of map and transpose) prebuilt"]
     if run.on_cpu:
         f_ref = feats_cpu.clone().requires_grad_(True)
         w_ref = weight_cpu.clone().requires_grad_(True)
