@@ -8,8 +8,10 @@ voxels touches ~40 % of its 27 neighbours). Three implementations of the same su
   tiles of 8 pairs (:func:`conv_tiles`, cached on the kernel map). One thread owns a block and a 32- or 16-channel
   slice: per tile it keeps 8 rows' sums in registers while each weight row is loaded once for all 8, then adds
   them to the block's output rows, which stay in cache. A block's rows have one writer, so the split over cores
-  needs no atomics. 10-13 ms at 100k voxels, 32 channels, 2 cores (2.35 GFLOP, about 60 % of the cores' FMA
-  peak), against 14-15 ms for the previous two-rows-per-thread kernel; tiling the map costs 5-6 ms once.
+  needs no atomics. At 100k voxels, 32 channels, 2 cores (2.35 GFLOP): 10-13 ms on an Intel AVX-512 Xeon
+  (about 60 % of its FMA peak) against 14-15 ms for the previous two-rows-per-thread kernel, but 16-17 ms
+  against 14.5-15 ms on an AMD Zen 5 EPYC, where both run at about torch's 2048^3 matmul rate (170 GFLOP/s);
+  tiling the map costs 4-10 ms once per map.
 * **Warp, output-stationary** (CUDA, and other input channel counts on the CPU): one thread owns two
   neighbouring output rows and one slice, keeps the slice's sums in registers and walks the rows' neighbour
   lists; when both rows are active at an offset, each weight row is loaded once for both. No scatter, no atomics.
@@ -203,7 +205,7 @@ def _tile_fill_kernel(
 def conv_tiles(nbr: torch.Tensor, block_rows: int = TILE_BLOCK_ROWS) -> ConvTiles:
     """Tile the active entries of an (M_out, K) int32 kernel map for :func:`gather_conv` on the CPU.
 
-    One pass, one thread per output block (about 4 ms at 100k voxels and 11.5 active neighbours per voxel on
+    One pass, one thread per output block (4-10 ms at 100k voxels and 11.5 active neighbours per voxel on
     2 cores). Build it once per map: :class:`~sparse3d.kernels.kernel_map.KernelMap` caches it.
     """
     check_tensor("nbr", nbr, torch.int32, ndim=2)
