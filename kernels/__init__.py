@@ -1,7 +1,8 @@
 """NVIDIA Warp kernels of sparse3d, one module per kernel family.
 
 Each public function takes and returns torch tensors, validates its inputs up front and has a plain-torch
-oracle of the same name in :mod:`sparse3d.kernels.reference`. The same Warp source runs on the CPU (split over
+oracle in :mod:`sparse3d.kernels.reference`, in the module of the family's name (the Gaussian rasterizer's
+modules, ``gaussian_*``, share ``reference.gaussian_raster``). The same Warp source runs on the CPU (split over
 all cores by :func:`sparse3d.kernels.runtime.launch`) and, compiled by NVRTC, on CUDA devices.
 """
 
@@ -14,6 +15,8 @@ KERNEL_MODULES: tuple[str, ...] = (
     "sparse3d.kernels.sparse_conv",
     "sparse3d.kernels.set_partition",
     "sparse3d.kernels.gaussian_projection",
-    "sparse3d.kernels.gaussian_raster",
+    "sparse3d.kernels.gaussian_sh",
+    "sparse3d.kernels.gaussian_tiles",
+    "sparse3d.kernels.gaussian_composite",
 )
 """Every module that defines Warp kernels; the CUDA AOT compile test and bench walk this list."""

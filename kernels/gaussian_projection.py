@@ -1,9 +1,11 @@
-"""EWA projection of 3-D Gaussians into pinhole cameras in Warp, forward and hand-written backward.
+"""EWA projection of 3-D Gaussians into pinhole cameras in Warp, forward, hand-written backward, autograd.
 
-Semantics are gsplat 1.5.3's fused projection (``ProjectionEWA3DGSFused.cu``), and the plain-torch oracle is
-:func:`sparse3d.kernels.reference.gaussian_projection.project_gaussians`. One thread per Gaussian loops over
-the cameras, so the backward sums a Gaussian's gradients over cameras in registers and never writes to a
-location another thread writes (no atomics; CPU launches split over the cores by :func:`runtime.launch`).
+EWA splatting (Zwicker et al., "EWA Splatting", IEEE TVCG 2002) as 3D Gaussian Splatting (Kerbl et al.,
+SIGGRAPH 2023) uses it, with the rules of gsplat 1.5.3's fused projection (``ProjectionEWA3DGSFused.cu``;
+gsplat, Ye et al. 2024). The plain-torch oracle is :func:`sparse3d.kernels.reference.gaussian_raster.project`.
+One thread per Gaussian loops over the cameras, so the backward sums a Gaussian's gradients over cameras in
+registers and never writes to a location another thread writes (no atomics; CPU launches split over the cores
+by :func:`runtime.launch`). :func:`project_gaussians` is the differentiable entry point.
 
 Per (camera c, Gaussian i), flattened as ``c * N + i``::
 
@@ -21,12 +23,19 @@ repeats the opacities) and 0 in antialiased mode (gsplat's compensation is 0 the
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import warp as wp
 
-from sparse3d.kernels.runtime import check_same_device, check_tensor, launch, to_wp, wp_device
+from sparse3d.kernels.runtime import (
+    check_same_device,
+    check_tensor,
+    launch,
+    serial_torch_ops,
+    to_wp,
+    wp_device,
+)
 
 wp.set_module_options({"enable_backward": False, "optimization_level": 3})
 
@@ -344,6 +353,22 @@ class ProjectionGrads(NamedTuple):
     viewmats: torch.Tensor | None  # (C, 4, 4), last row 0; None unless asked for
 
 
+def check_projected(means2d: torch.Tensor, **others: torch.Tensor | None) -> tuple[int, int]:
+    """(C, N) of ``means2d`` (C, N, 2) float32, after checking that every other given tensor starts with (C, N)
+    and that all of them share its device: the layout of :class:`Projection`, which tiling and compositing read.
+    """
+    check_tensor("means2d", means2d, torch.float32, ndim=3, last_dim=2)
+    c_n, n = means2d.shape[:2]
+    for name, t in others.items():
+        if t is None:
+            continue
+        check_tensor(name, t)
+        if tuple(t.shape[:2]) != (c_n, n):
+            raise ValueError(f"{name} must start with (C, N) = {(c_n, n)} like means2d, got {tuple(t.shape)}")
+    check_same_device(means2d=means2d, **{k: v for k, v in others.items() if v is not None})
+    return c_n, n
+
+
 def _check_inputs(means, quats, scales, opacities, viewmats, Ks) -> tuple[int, int]:
     check_tensor("means", means, torch.float32, ndim=2, last_dim=3)
     n = means.shape[0]
@@ -385,7 +410,7 @@ def project_fwd(
     eps2d: float,
     antialiased: bool,
 ) -> Projection:
-    """Project N Gaussians into C cameras (no autograd; ``sparse3d.render.rasterize_gaussians`` bridges it)."""
+    """Project N Gaussians into C cameras (no autograd: :func:`project_gaussians` is the differentiable form)."""
     c_n, n = _check_inputs(means, quats, scales, opacities, viewmats, Ks)
     dev = means.device
     radii = torch.empty(c_n, n, 2, dtype=torch.int32, device=dev)
@@ -451,3 +476,66 @@ def project_bwd(
         g_view[:, :3, :3] = g_rot.reshape(c_n, n, 3, 3).sum(1)
         g_view[:, :3, 3] = g_t.reshape(c_n, n, 3).sum(1)
     return ProjectionGrads(g_m, g_q, g_s, g_o, g_view)
+
+
+class _ProjectGaussians(torch.autograd.Function):
+    """:func:`project_fwd` with :func:`project_bwd` as its backward.
+
+    Gradients reach means, quats, scales, opacities and (when they require it) viewmats; Ks gets none, as in
+    gsplat. The backward recomputes the per-camera quantities from the inputs instead of storing them.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
+                radius_clip, eps2d, antialiased):
+        out = project_fwd(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
+                          radius_clip, eps2d, antialiased)
+        ctx.save_for_backward(means, quats, scales, opacities, viewmats, Ks, out.radii)
+        ctx.dims = (width, height, eps2d, antialiased)
+        ctx.mark_non_differentiable(out.radii)
+        return tuple(out)
+
+    @staticmethod
+    @serial_torch_ops()
+    def backward(ctx: Any, _v_radii, v_means2d, v_depths, v_conics, v_opacities):
+        means, quats, scales, opacities, viewmats, Ks, radii = ctx.saved_tensors
+        width, height, eps2d, antialiased = ctx.dims
+        c_n, n = radii.shape[:2]
+
+        def grad(v: torch.Tensor | None, *tail: int) -> torch.Tensor:
+            return torch.zeros(c_n, n, *tail, device=means.device) if v is None else v
+
+        g = project_bwd(
+            means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, antialiased, radii,
+            grad(v_means2d, 2), grad(v_depths), grad(v_conics, 3), grad(v_opacities),
+            viewmats_grad=ctx.needs_input_grad[4],
+        )
+        return (g.means, g.quats, g.scales, g.opacities, g.viewmats) + (None,) * 8
+
+
+def project_gaussians(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    antialiased: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Differentiable pinhole EWA projection of N Gaussians into C cameras, gsplat 1.5.3 rules.
+
+    Returns (C, N, ...) ``radii`` int32 (0 = culled), ``means2d``, ``depths`` (camera z), ``conics`` (a, b, c of
+    the inverse 2-D covariance) and ``opacities`` (times the antialiasing compensation in that mode), the
+    fields of :class:`Projection`; the formulas are in this module's docstring.
+    """
+    out = _ProjectGaussians.apply(
+        means, quats, scales, opacities, viewmats, Ks, int(width), int(height), float(near_plane),
+        float(far_plane), float(radius_clip), float(eps2d), bool(antialiased),
+    )
+    return dict(zip(Projection._fields, out))

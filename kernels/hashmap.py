@@ -38,7 +38,8 @@ _MAX_INDEX = 2**31 - 1
 
 @wp.func
 def pack_key(b: wp.int64, z: wp.int64, y: wp.int64, x: wp.int64, gx: wp.int64, gy: wp.int64, gz: wp.int64) -> wp.int64:
-    """Voxel key b·(X·Y·Z) + x·(Y·Z) + y·Z + z: sorted keys give the (b, x, y, z) order of the official code."""
+    """Voxel key b·(X·Y·Z) + x·(Y·Z) + y·Z + z: sorted keys give the (b, x, y, z) voxel order of OpenPCDet's
+    ``DynamicVoxelVFE`` (``torch.unique`` over the same packed key)."""
     return ((b * gx + x) * gy + y) * gz + z
 
 
@@ -269,7 +270,8 @@ class VoxelHashTable:
 
 OCCUPANCY_CELLS_PER_KEY = 48
 """``unique_keys_with_inverse`` takes the occupancy-bitmap path on the CPU when the key range has at most this
-many cells per key: its cost grows with the range (~0.2 ns a cell), a sort's with the keys (~50 ns a key)."""
+many cells per key: the bitmap's cost grows with the range, a sort's with the number of keys (threshold chosen
+by benchmark; per-cell and per-key costs in BENCHMARKS.md, kernels notes)."""
 OCCUPANCY_MAX_CELLS = 2**31
 """Largest key range given an occupancy bitmap (256 MB per CPU thread)."""
 
@@ -279,12 +281,12 @@ def unique_keys_with_inverse(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sorted unique non-negative keys, the index of each input's key in that list (-1 if negative), counts.
 
-    Two implementations with identical results. ``"sort"``: ``torch.unique`` (parallel on the CPU, CUB radix
-    sort on CUDA); for voxel keys in scan order it measured 4-5x faster than de-duplicating through the hash
-    table. ``"occupancy"``: a bitmap over ``[0, key_range)`` (:mod:`sparse3d.kernels.occupancy`), 2x faster
-    than the sort for 4M LiDAR points in a 90M-cell grid. ``"auto"`` picks the bitmap on the CPU when
-    ``key_range`` is given, at most :data:`OCCUPANCY_MAX_CELLS` and :data:`OCCUPANCY_CELLS_PER_KEY` per key.
-    Negative keys (codes for dropped points) are stripped.
+    Two implementations with identical results, independent of thread scheduling. ``"sort"``: ``torch.unique``
+    (parallel on the CPU, CUB radix sort on CUDA). ``"occupancy"``: a bitmap over ``[0, key_range)``
+    (:mod:`sparse3d.kernels.occupancy`), linear in the range and the keys. ``"auto"`` picks the bitmap on the
+    CPU when ``key_range`` is given, at most :data:`OCCUPANCY_MAX_CELLS` and :data:`OCCUPANCY_CELLS_PER_KEY` per
+    key; otherwise the sort (de-duplicating through :class:`VoxelHashTable` is not offered: it lost to the sort
+    in benchmarks, see BENCHMARKS.md). Negative keys (codes for dropped points) are stripped.
     """
     check_tensor("keys", keys, torch.int64, ndim=1)
     if method not in ("auto", "sort", "occupancy"):

@@ -9,19 +9,17 @@ so inference does not pay for it.
 
 * submanifold: outputs = inputs; neighbours found in a dense index volume of the grid when it is small
   (at most :data:`DENSE_MAX_CELLS` cells and :data:`DENSE_CELLS_PER_VOXEL` per voxel: sorted voxels then probe
-  cache-resident neighbouring planes, 4x faster than hashing at 100k voxels), else by probing a
-  :class:`VoxelHashTable`.
-* strided (``SparseConv3d``): each (input, offset) proposes the output ``(x + p - k·d) / s`` when divisible
-  and inside the output grid; unique proposals (hash de-dup + sort) are the outputs, and the proposal->output
-  inverse *is* the transposed map.
+  cache-resident neighbouring planes), else by probing a :class:`VoxelHashTable`. Both give the same map.
+* strided (``SparseConv3d``, as in spconv): each (input, offset) proposes the output ``(x + p - k·d) / s`` when
+  divisible and inside the output grid; the unique proposals
+  (:func:`~sparse3d.kernels.hashmap.unique_keys_with_inverse`, sorted by key) are the outputs, and the
+  proposal->output inverse *is* the transposed map.
 * inverse conv reuses a strided map with the roles swapped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -35,83 +33,18 @@ from sparse3d.kernels.hashmap import (
     table_find,
     unique_keys_with_inverse,
 )
+from sparse3d.kernels.kernel_map_types import KernelMap, conv_output_grid, kernel_offsets, triple
 from sparse3d.kernels.runtime import check_tensor, init, launch, to_wp, wp_device
-from sparse3d.kernels.sparse_conv import ConvTiles, PairLists, conv_tiles, pair_lists
 
 wp.set_module_options({"enable_backward": False, "optimization_level": 3})
 
 DENSE_MAX_CELLS = 2**25
 """Largest index volume (batch x grid cells, int32: 128 MB) a submanifold map allocates instead of a hash table."""
 DENSE_CELLS_PER_VOXEL = 256
-"""The volume is used only while it has at most this many cells per voxel: filling it costs ~0.3 ns a cell,
-hashing ~300 ns a voxel, so sparser grids hash."""
+"""The volume is used only while it has at most this many cells per voxel: filling it costs time per cell,
+hashing per voxel, so sparser grids hash (threshold chosen by benchmark; per-cell and per-voxel costs in
+BENCHMARKS.md, kernels notes)."""
 _ABSENT = wp.constant(2**31 - 1)
-
-
-@dataclass(eq=False)
-class KernelMap:
-    """Neighbour tables of one sparse convolution."""
-
-    out_coords: torch.Tensor
-    """(M_out, 4) int32 output coords (batch, z, y, x)."""
-    out_grid: tuple[int, int, int]
-    """Output grid size (X, Y, Z)."""
-    nbr: torch.Tensor
-    """(M_out, K) int32: input row feeding output o through offset k, or -1."""
-    transposed: torch.Tensor | None = None
-    """(M_in, K) transpose when it was built with the map; ``None`` for a submanifold map, whose transpose is
-    ``nbr`` with the offset axis reversed and is built by :attr:`nbr_t` on first use (inference never needs it)."""
-    identity: int = -1
-    """Offset that maps every output onto the same input row (a submanifold centre), or -1."""
-
-    @cached_property
-    def nbr_t(self) -> torch.Tensor:
-        """(M_in, K) int32: output row fed by input i through offset k, or -1."""
-        if self.transposed is not None:
-            return self.transposed
-        # Input i reaches output j through offset k iff j reaches i through the mirrored offset K-1-k.
-        return self.nbr.flip(1).contiguous()
-
-    @cached_property
-    def pairs(self) -> PairLists:
-        """Active (input, output) pairs grouped by offset, built on first use and shared by every layer on this map.
-
-        The Warp convolution reads ``nbr`` directly; only the weight gradient and the torch fallback for channel
-        counts that are not a multiple of 16 iterate over pairs, so inference never pays for them.
-        """
-        return pair_lists(self.nbr, self.num_inputs, identity=self.identity)
-
-    @cached_property
-    def tiles(self) -> ConvTiles:
-        """:attr:`nbr` tiled for the CPU convolution kernel, built on first use and shared by every layer."""
-        return conv_tiles(self.nbr)
-
-    @cached_property
-    def tiles_t(self) -> ConvTiles:
-        """:attr:`nbr_t` tiled for the CPU kernel of the feature gradient, built on first use."""
-        return conv_tiles(self.nbr_t)
-
-    @property
-    def num_inputs(self) -> int:
-        """Input voxels (rows of :attr:`nbr_t`), known without building the transpose."""
-        return self.nbr.shape[0] if self.transposed is None else self.transposed.shape[0]
-
-
-def triple(v: int | Sequence[int], name: str) -> tuple[int, int, int]:
-    """Normalise an int or 3-sequence given in (z, y, x) order, like torch Conv3d arguments."""
-    t = (int(v),) * 3 if isinstance(v, int) else tuple(int(x) for x in v)
-    if len(t) != 3:
-        raise ValueError(f"{name} must be an int or 3 ints (z, y, x), got {v!r}")
-    return t  # type: ignore[return-value]
-
-
-def kernel_offsets(kernel_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-    """(K, 3) int32 raw kernel indices (kz, ky, kx), z-major -- the flattening of a Conv3d weight."""
-    kz, ky, kx = kernel_size
-    grid = torch.stack(
-        torch.meshgrid(torch.arange(kz), torch.arange(ky), torch.arange(kx), indexing="ij"), dim=-1
-    )
-    return grid.reshape(-1, 3).to(torch.int32).to(device)
 
 
 @wp.kernel
@@ -204,9 +137,9 @@ def _unrolled_dense_submanifold_kernel(kz: int, ky: int, kx: int) -> Any:
     """:func:`_dense_submanifold_kernel` for one kernel size, with the offset loops unrolled at compile time.
 
     The sizes are closure constants, so Warp unrolls the loops: every probe address is ``column + constant``
-    and the z-neighbours of a column are adjacent cells (z is the volume's fastest axis). 1.7-2.5x faster than
-    the generic kernel's per-offset shift-table reads at 100k voxels. Built at import for :data:`UNROLLED_SIZES`
-    only: a kernel created later would make Warp rebuild the whole module.
+    and the z-neighbours of a column are adjacent cells (z is the volume's fastest axis), instead of the generic
+    kernel's per-offset shift-table reads; same map. Built at import for :data:`UNROLLED_SIZES` only: a kernel
+    created later would make Warp rebuild the whole module.
     """
     num_k = kz * ky * kx
     centre = num_k // 2
@@ -414,20 +347,6 @@ def submanifold_map(
             wp_device(coords),
         )
     return KernelMap(coords, tuple(grid), nbr, identity=centre)  # type: ignore[arg-type]
-
-
-def conv_output_grid(
-    grid: Sequence[int], kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
-) -> tuple[int, int, int]:
-    """Output grid (X, Y, Z) of a strided conv on ``grid`` (X, Y, Z); kernel args in (z, y, x) like Conv3d."""
-    out = []
-    for axis_xyz in range(3):
-        a = 2 - axis_xyz  # (z, y, x) index of this (x, y, z) axis
-        size = (grid[axis_xyz] + 2 * padding[a] - dilation[a] * (kernel_size[a] - 1) - 1) // stride[a] + 1
-        if size < 1:
-            raise ValueError(f"convolution output would be empty along axis {'xyz'[axis_xyz]} (grid {list(grid)})")
-        out.append(size)
-    return out[0], out[1], out[2]
 
 
 def strided_map(

@@ -1,9 +1,11 @@
 """De-duplication of bounded voxel keys through an occupancy bitmap instead of a sort.
 
-Voxel keys live in ``[0, key_range)`` with ``key_range`` = batch x grid cells. When that range is at most a
-few hundred cells per key (LiDAR voxelisation: 90M cells for 4M points, an 11 MB bitmap), setting each key's
-bit and ranking the set bits is linear in both and beats sorting the keys (``torch.sort`` of 4M int64 keys
-takes ~0.19 s on 2 cores). The steps:
+Voxel keys live in ``[0, key_range)`` with ``key_range`` = batch x grid cells. Setting each key's bit and
+ranking the set bits costs time linear in the range and in the keys, where a sort grows with the keys alone, so
+it pays off when the range has few cells per key (LiDAR voxelisation: 90M cells for 4M points, an 11 MB
+bitmap). :func:`~sparse3d.kernels.hashmap.unique_keys_with_inverse` decides when to use it; the measurements
+behind that rule are in BENCHMARKS.md (kernels notes). Results are identical to a sort-based unique and do not
+depend on thread scheduling. The steps:
 
 1. mark: set bit ``key`` of the bitmap. On CUDA with ``atomic_or`` into one bitmap; on the CPU (where Warp's
    atomics are plain code) each thread marks its slice of the keys in its own bitmap, and the bitmaps are

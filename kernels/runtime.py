@@ -92,8 +92,8 @@ def serial_torch_ops() -> Iterator[None]:
 
     After every multi-threaded torch op, OpenMP's idle worker spins for a few milliseconds before it sleeps;
     the Warp launches that follow run on this module's own threads, so the spinning worker takes a core from
-    them (6-7 % of a 50k-Gaussian rasterizer forward+backward, measured A/B in one process). The torch ops in
-    such pipelines are small index and sort glue, so running them on one thread costs less than it saves.
+    them (the measured cost is in BENCHMARKS.md, splatting notes). The torch ops in such pipelines are small
+    index and sort glue, so running them on one thread costs less than it saves.
     Nested and concurrent uses share one saved thread count, restored when the outermost use ends.
     """
     global _SERIAL_DEPTH, _SERIAL_SAVED

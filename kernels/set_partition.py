@@ -1,7 +1,9 @@
-"""DSVT window partition and dynamic set partition (dsvt.md §3.1–3.3) as Warp kernels.
+"""DSVT window partition and dynamic set partition as Warp kernels.
 
-The official code ranks voxels inside a window with an atomic per-window counter and a dense
-``W × window volume`` buffer. The rank is only "position inside the window under the ordering's key", so here:
+DSVT: Wang et al., "DSVT: Dynamic Sparse Voxel Transformer with Rotated Sets", CVPR 2023. The official code
+(``github.com/Haiyang-W/DSVT``, ``DSVTInputLayer``) ranks voxels inside a window with an atomic per-window
+counter and a dense ``W × window volume`` buffer. The rank is only "position inside the window under the
+ordering's key", so here:
 
 1. an element-parallel kernel computes, per voxel, the raw window key, the in-window coords and the two
    ordering keys packed below the window key (``window_key · volume + in-window key``);
@@ -10,6 +12,7 @@ The official code ranks voxels inside a window with an atomic per-window counter
 3. a second kernel, one thread per set, evaluates paper Eq. 3 for its τ slots and gathers the voxel index.
 
 No dense buffer, no atomics, deterministic, and bit-identical to :mod:`sparse3d.kernels.reference.set_partition`.
+Result types and argument validation are shared with it through :mod:`sparse3d.kernels.set_partition_types`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from collections.abc import Iterator
 import torch
 import warp as wp
 
-from sparse3d.kernels.reference.set_partition import (
+from sparse3d.kernels.runtime import init, launch, to_wp, wp_device
+from sparse3d.kernels.set_partition_types import (
     Int3,
     SetPartition,
     WindowPartition,
@@ -29,11 +33,8 @@ from sparse3d.kernels.reference.set_partition import (
     validate_window_args,
     window_grid,
 )
-from sparse3d.kernels.runtime import init, launch, to_wp, wp_device
 
 __all__ = [
-    "SetPartition",
-    "WindowPartition",
     "dsvt_stage_partitions",
     "dynamic_set_partition",
     "window_partition",
@@ -101,8 +102,8 @@ def _fill_sets_kernel(
 
     ``set_first[w]`` is the global index of window w's first set, so ``j = s - set_first[w]``. With
     D = S_w·τ ≥ n_w the numerator (j·τ + k)·n_w grows by n_w ≤ D per slot, so the rank grows by 0 or 1: it is
-    tracked as quotient and remainder, one division per set instead of one per slot (64-bit division
-    dominated the per-slot variant on the CPU). A slot repeats its left neighbour exactly when the rank did
+    tracked as quotient and remainder, one division per set instead of one per slot (64-bit integer
+    division is the costly operation). A slot repeats its left neighbour exactly when the rank did
     not grow (ranks map to voxels one-to-one).
     """
     s = wp.int64(wp.tid() + offset)
@@ -301,7 +302,7 @@ def dynamic_set_partition(
 def dsvt_stage_partitions(
     coords: torch.Tensor, spatial_shape: Int3, window_shape: Int3, shift_offset: Int3, set_size: int
 ) -> tuple[SetPartition, SetPartition]:
-    """Both shifts of a DSVT stage (dsvt.md §3.1).
+    """Both shifts of a DSVT stage (the shifted, hybrid windows of the paper).
 
     Shift 0: ``window_shape`` with offset (0, 0, 0). Shift 1: the large window (2wx, 2wy, wz) with offset
     ``shift_offset`` (DSVT-P Waymo: 24×24×1 at offset 6; the z offset is dropped when Z == wz).

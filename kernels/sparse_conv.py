@@ -8,10 +8,8 @@ voxels touches ~40 % of its 27 neighbours). Three implementations of the same su
   tiles of 8 pairs (:func:`conv_tiles`, cached on the kernel map). One thread owns a block and a 32- or 16-channel
   slice: per tile it keeps 8 rows' sums in registers while each weight row is loaded once for all 8, then adds
   them to the block's output rows, which stay in cache. A block's rows have one writer, so the split over cores
-  needs no atomics. At 100k voxels, 32 channels, 2 cores (2.35 GFLOP): 10-13 ms on an Intel AVX-512 Xeon
-  (about 60 % of its FMA peak) against 14-15 ms for the previous two-rows-per-thread kernel, but 16-17 ms
-  against 14.5-15 ms on an AMD Zen 5 EPYC, where both run at about torch's 2048^3 matmul rate (170 GFLOP/s);
-  tiling the map costs 4-10 ms once per map.
+  needs no atomics and the sums do not depend on thread scheduling. Whether it beats the output-stationary
+  kernel below depends on the CPU; the measurements are in BENCHMARKS.md (kernels suite).
 * **Warp, output-stationary** (CUDA, and other input channel counts on the CPU): one thread owns two
   neighbouring output rows and one slice, keeps the slice's sums in registers and walks the rows' neighbour
   lists; when both rows are active at an offset, each weight row is loaded once for both. No scatter, no atomics.
@@ -20,7 +18,7 @@ voxels touches ~40 % of its 27 neighbours). Three implementations of the same su
 * **torch gather -> GEMM -> scatter per offset** over the map's pair lists, in cache-sized blocks: the other
   channel counts, and the weight gradient ``grad_W[k] = x[in_k]^T @ grad[out_k]`` (a reduction over pairs,
   which BLAS does best).
-Unlike spconv's CPU build this trains on the CPU.
+The CPU build of spconv (traveller59/spconv) cannot run its convolutions backward; this module trains on the CPU.
 """
 
 from __future__ import annotations
@@ -48,8 +46,8 @@ wp.set_module_options(
 LANES = 16
 """The Warp path needs output channels (and, for its backward, input channels) that are a multiple of this."""
 _VECS = {n: wp.types.vector(length=n, dtype=wp.float32) for n in (32, 16)}
-"""Channel slice per thread, widest first: 32 where it divides (1.6x faster than 16 at 32 channels: each
-neighbour row read feeds twice the multiply-adds)."""
+"""Channel slice per thread, widest first: 32 where it divides (each neighbour row read then feeds twice the
+multiply-adds; chosen by benchmark, see BENCHMARKS.md)."""
 
 
 @wp.func
@@ -116,8 +114,8 @@ for _v in _VECS.values():
 
 
 TILE_ROWS = 8
-"""Pairs per tile of the CPU kernel: 8 output rows x 32 lanes are 16 AVX-512 accumulators, and each weight row
-loaded feeds 8 multiply-adds (2 loads per 8 FMAs at 2 rows, the previous kernel's ratio, left it load-bound)."""
+"""Pairs per tile of the CPU kernel: 8 output rows x 32 lanes fill 16 512-bit accumulator registers, and each
+weight row loaded feeds 8 multiply-adds (with 2 rows per weight load the kernel is bound by loads)."""
 TILE_ROWS_C = wp.constant(TILE_ROWS)
 TILE_BLOCK_ROWS = 256
 """Output rows owned by one thread of the CPU kernel (their 32-lane sums stay in L1 between tiles)."""
@@ -174,8 +172,9 @@ def _tile_fill_kernel(
     """Tile output block b: per offset, its active rows in ascending order, the last tile padded.
 
     Offset-major within the block: the block's map rows (27 offsets x 256 rows, 27 KB) stay in L1 while each
-    column is walked, and the slot cursor stays in a register (1.4x faster than a row-major walk with one cursor
-    per offset in memory).
+    column is walked, and the slot cursor stays in a register (chosen by benchmark over a row-major walk with one
+    cursor per offset in memory). Each block has one writer and is filled in ascending row order, so the tiles
+    do not depend on thread scheduling.
     """
     b = wp.tid() + offset
     m = nbr.shape[0]
@@ -205,8 +204,9 @@ def _tile_fill_kernel(
 def conv_tiles(nbr: torch.Tensor, block_rows: int = TILE_BLOCK_ROWS) -> ConvTiles:
     """Tile the active entries of an (M_out, K) int32 kernel map for :func:`gather_conv` on the CPU.
 
-    One pass, one thread per output block (4-10 ms at 100k voxels and 11.5 active neighbours per voxel on
-    2 cores). Build it once per map: :class:`~sparse3d.kernels.kernel_map.KernelMap` caches it.
+    One pass, one thread per output block. Build it once per map and share it between the layers on that map:
+    :class:`~sparse3d.kernels.kernel_map_types.KernelMap` caches it (its cost is the ``conv tiles`` row of
+    BENCHMARKS.md).
     """
     check_tensor("nbr", nbr, torch.int32, ndim=2)
     if block_rows < 1:
@@ -550,7 +550,7 @@ def sparse_conv(
     num_inputs, num_outputs = features.shape[0], nbr.shape[0]
     # Out-of-range map entries would make a kernel read outside the feature buffer. The tiled CPU kernel reads
     # only its tiles, whose largest input row is checked instead: a torch reduction over the map here would
-    # leave OpenMP's worker spinning on a core the kernel needs (it cost 30 % of the conv at 100k voxels).
+    # leave OpenMP's worker spinning on a core the kernel needs (cost measured in BENCHMARKS.md, kernels notes).
     fwd_tiled = tiled_path(features.device, c_in, weight.shape[2])
     bwd_tiled = tiled_path(features.device, weight.shape[2], c_in)
     if not fwd_tiled and nbr.numel() and int(nbr.max()) >= num_inputs:

@@ -1,17 +1,17 @@
 """Dynamic voxelisation of batched points: voxel coords, point -> voxel map and per-voxel counts.
 
-"Dynamic" as in DSVT/OpenPCDet's dynamic VFE: no cap on points per voxel or on the voxel count. A Warp kernel
-computes one packed int64 key per point (dropping non-finite and out-of-range points, counted separately), then
+"Dynamic" as in the dynamic VFEs of OpenPCDet (``DynamicVoxelVFE``, ``DynamicPillarVFE``) and DSVT: no cap on
+points per voxel or on the voxel count. A Warp kernel computes one packed int64 key per point (dropping
+non-finite and out-of-range points, counted separately), then
 :func:`~sparse3d.kernels.hashmap.unique_keys_with_inverse` de-duplicates them (an occupancy bitmap of the grid
-when it has few cells per point, else a sort). Output voxels are sorted by key ``b·(X·Y·Z) + ix·(Y·Z) + iy·Z + iz`` -- the order ``torch.unique`` gives in the
-official code -- and coords are emitted as (batch, z, y, x) int32.
+when it has few cells per point, else a sort). Output voxels are sorted by key
+``b·(X·Y·Z) + ix·(Y·Z) + iy·Z + iz`` -- the order ``torch.unique`` gives in OpenPCDet's ``DynamicVoxelVFE`` --
+and coords are emitted as (batch, z, y, x) int32. The result does not depend on thread scheduling.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import warp as wp
@@ -25,45 +25,7 @@ from sparse3d.kernels.runtime import (
     to_wp,
     wp_device,
 )
-
-
-class Voxelization(NamedTuple):
-    """Result of :func:`voxelize`."""
-
-    coords: torch.Tensor
-    """(M, 4) int32 voxel coords (batch, z, y, x), sorted by (batch, x, y, z)."""
-    point_to_voxel: torch.Tensor
-    """(N,) int64 voxel row of each point, -1 for dropped points."""
-    counts: torch.Tensor
-    """(M,) int32 number of points in each voxel."""
-    num_nonfinite: int
-    """Points dropped because a coordinate was NaN or infinite."""
-    num_out_of_range: int
-    """Finite points dropped because they fall outside the range."""
-    grid_size: tuple[int, int, int]
-    """Grid size (X, Y, Z) derived from the range and voxel size."""
-
-
-def grid_size_from_range(point_range: Sequence[float], voxel_size: Sequence[float]) -> tuple[int, int, int]:
-    """(X, Y, Z) voxels covering ``point_range`` = (xmin, ymin, zmin, xmax, ymax, zmax), rounded up.
-
-    A 1e-6 relative tolerance keeps e.g. 75.2 / 0.1 at 752 voxels instead of 753 from float error.
-    """
-    if len(point_range) != 6:
-        raise ValueError(f"point_range must be (xmin, ymin, zmin, xmax, ymax, zmax), got {list(point_range)}")
-    if len(voxel_size) != 3:
-        raise ValueError(f"voxel_size must have 3 entries (x, y, z), got {list(voxel_size)}")
-    out = []
-    for axis in range(3):
-        lo, hi, vs = float(point_range[axis]), float(point_range[axis + 3]), float(voxel_size[axis])
-        if not vs > 0:
-            raise ValueError(f"voxel_size must be positive, got {list(voxel_size)}")
-        if not hi > lo:
-            raise ValueError(f"point_range max must exceed min on every axis, got {list(point_range)}")
-        extent = (hi - lo) / vs
-        out.append(max(1, math.ceil(extent - 1e-6 * max(1.0, extent))))
-    return out[0], out[1], out[2]
-
+from sparse3d.kernels.voxelize_types import Voxelization, grid_size_from_range
 
 _NONFINITE = wp.constant(-1)
 _OUT_OF_RANGE = wp.constant(-2)

@@ -1,7 +1,7 @@
 """Structured-config schemas for the sparse3d Hydra apps, plus the OmegaConf resolvers they use.
 
 The YAML tree under ``sparse3d.configs`` names these schemas as the first entry of its defaults lists
-(``train_schema``, ``eval_schema``, ``trainer/base_trainer``, ``paths/base_paths``). Hydra then merges
+(``train_schema``, ``trainer/base_trainer``, ``trainer/base_scene_trainer``, ``paths/base_paths``). Hydra then merges
 every YAML value and command-line override *into* a typed node, so ``trainer.max_steps=notanint`` fails
 at compose time with the key and the expected type instead of crashing an hour into training.
 
@@ -49,6 +49,25 @@ class TrainerConfig:
 
 
 @dataclass
+class SceneTrainerConfig:
+    """Options of :class:`sparse3d.train.scene_trainer.SceneTrainer` (the per-scene optimisation loop)."""
+
+    device: str = "auto"
+    max_steps: int | None = None  # null: the method's default_steps
+    log_every: int = 50  # steps between log lines / TensorBoard scalars
+    eval_every: int = 0  # test-view metrics every N steps (0: at the start and the end only)
+    image_every: int = 0  # TensorBoard render|gt image every N steps (0: at the end only)
+    ckpt_every: int = 0  # steps between step_XXXXXXX.ckpt files (0: only last.ckpt at the end)
+    ckpt_keep: int = 2  # keep at most N step checkpoints (0: keep all)
+    seed: int = 0
+    progress: bool = True
+    num_threads: int | None = None
+    tensorboard: bool = True
+    save_renders: bool = True  # renders/test/<view name> at the end
+    export: bool = True  # the method's artefacts (e.g. point_cloud.ply) in the run dir
+
+
+@dataclass
 class PathsConfig:
     """Where data and outputs live. Values may use ``${oc.env:...}`` so sites can set them once."""
 
@@ -66,47 +85,13 @@ class TrainConfig:
     seed: int = 0
     resume: Any = False  # false | true (newest earlier run of task/experiment) | path to .ckpt or run dir
     tags: list[str] = field(default_factory=list)
-    model: Any = MISSING
+    model: Any = None  # a dataset-trained model (task module) ...
+    method: Any = None  # ... or a per-scene method (_partial_: true); exactly one of the two
     data: Any = MISSING
     optimizer: Any = None  # _partial_: true; called with the model's parameters
     scheduler: Any = None  # _partial_: true; called with the optimizer; stepped every optimizer step
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-
-
-@dataclass
-class LpipsConfig:
-    """User-provided LPIPS weight files (never downloaded); null falls back to the environment variables."""
-
-    backbone: str | None = None  # torchvision AlexNet state dict; else $SPARSE3D_LPIPS_BACKBONE
-    heads: str | None = None  # LPIPS v0.1 alex.pth linear heads; else $SPARSE3D_LPIPS_HEADS
-
-
-@dataclass
-class EvalConfig:
-    """Top level of ``eval.yaml``: score a checkpoint (task=segmentation) or rendered images (task=render)."""
-
-    task_name: str = "eval"
-    experiment_name: str = "default"
-    ckpt_path: str = MISSING  # a .ckpt file or a run directory with checkpoints/last.ckpt
-    task: str = "segmentation"
-    model: Any = None  # merged over the checkpoint's model config (or replaces it with another _target_)
-    data: Any = None  # merged over the checkpoint's data config
-    device: str = "auto"
-    amp: bool = False
-    amp_dtype: str = "float16"
-    batch_size: int | None = None  # default: the data config's batch_size
-    num_workers: int | None = None
-    strict: bool = True  # strict state-dict loading
-    seed: int = 0
-    progress: bool = True
-    # task=render: score rendered test views (a directory or submission zip) against SpaRe-layout ground truth
-    pred: str | None = None
-    data_root: str | None = None
-    split: str | None = None  # split JSON; a bare file name is also looked up in data_root
-    calibration_dir: str | None = None  # shared pos_XXX.txt directory (DTU style) instead of <scene>/cameras
-    psnr_mask_mode: str = "mask_pixels"  # "mask_pixels" | "masked_full"
-    lpips: LpipsConfig = field(default_factory=LpipsConfig)
+    # typed by the group file's own schema: trainer/base_trainer (Trainer) or trainer/base_scene_trainer
+    trainer: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -191,6 +176,6 @@ def register() -> None:
     register_resolvers()
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    store.store(name="eval_schema", node=EvalConfig)
     store.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    store.store(group="trainer", name="base_scene_trainer", node=SceneTrainerConfig)
     store.store(group="paths", name="base_paths", node=PathsConfig)

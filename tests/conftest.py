@@ -165,7 +165,7 @@ CONFIG_FILES = {
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep the default run fast: ``slow`` tests run only when selected with ``-m`` (e.g. ``-m slow``)
-    or when ``SPARSE3D_RUN_SLOW=1`` is set (architecture.md: fast by default, ``-m slow`` for long runs)."""
+    or when ``SPARSE3D_RUN_SLOW=1`` is set (fast by default, ``-m slow`` for long runs)."""
     if config.getoption("markexpr") or os.environ.get("SPARSE3D_RUN_SLOW") == "1":
         return
     skip_slow = pytest.mark.skip(reason="slow test: select with -m slow or set SPARSE3D_RUN_SLOW=1")

@@ -1,6 +1,8 @@
-"""Dense plain-torch oracle of the Gaussian rasterizer (:mod:`sparse3d.kernels.gaussian_raster` and
-:func:`sparse3d.render.gaussians.rasterize_gaussians`).
+"""Dense plain-torch oracle of the Gaussian rasterizer (:func:`sparse3d.render.rasterize_gaussians` and the
+Warp modules behind it: ``gaussian_projection``, ``gaussian_sh``, ``gaussian_tiles``, ``gaussian_composite``).
 
+The rules are those of 3D Gaussian Splatting (Kerbl et al., SIGGRAPH 2023) with EWA projection (Zwicker et al.
+2002), as gsplat 1.5.3 implements them (gsplat, Ye et al. 2024; its ``_torch_impl.py`` plays the same role).
 Written independently of the fast path, in float64: full-matrix projection (rotation matrix, 2x3 Jacobian,
 ``torch.linalg.inv``), the classic 3DGS polynomial form of the real SH bands, and per-pixel compositing over ALL
 Gaussians of a camera sorted by depth, with the tile membership, the 1/255 / 0.999 / sigma < 0 skips and the
@@ -13,6 +15,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from sparse3d.kernels.gaussian_args import RasterizeArgs, takes_rasterize_args
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
@@ -213,53 +217,36 @@ def rasterize_pixels(
     return torch.stack(imgs), torch.stack(alphas), torch.stack(medians)
 
 
-def rasterize_gaussians(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    radius_clip: float = 0.0,
-    eps2d: float = 0.3,
-    sh_degree: int | None = None,
-    backgrounds: torch.Tensor | None = None,
-    render_mode: str = "RGB",
-    rasterize_mode: str = "classic",
-    tile_size: int = 16,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+@takes_rasterize_args
+def rasterize_gaussians(a: RasterizeArgs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Whole pipeline (projection, SH, render modes, compositing); same outputs as the public function."""
+    means, colors, viewmats = a.means, a.colors, a.viewmats
     proj = project(
-        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, radius_clip,
-        eps2d, rasterize_mode == "antialiased",
+        means, a.quats, a.scales, a.opacities, viewmats, a.Ks, a.width, a.height, a.near_plane, a.far_plane,
+        a.radius_clip, a.eps2d, a.rasterize_mode == "antialiased",
     )
     c_n = viewmats.shape[0]
-    if sh_degree is not None:
+    if a.sh_degree is not None:
         centres = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # -R^T t
         dirs = means[None] - centres[:, None]
-        cols = eval_sh(sh_degree, dirs, colors[None].expand(c_n, *colors.shape))
+        cols = eval_sh(a.sh_degree, dirs, colors[None].expand(c_n, *colors.shape))
     else:
         cols = colors[None].expand(c_n, *colors.shape)
     depth_col = proj["depths"][..., None]
-    bg = backgrounds
-    if render_mode in ("RGB+D", "RGB+ED"):
+    bg = a.backgrounds
+    if a.render_mode in ("RGB+D", "RGB+ED"):
         cols = torch.cat([cols, depth_col], dim=-1)
         if bg is not None:
             bg = torch.cat([bg, torch.zeros_like(bg[:, :1])], dim=-1)
-    elif render_mode in ("D", "ED"):
+    elif a.render_mode in ("D", "ED"):
         cols = depth_col
         if bg is not None:
             bg = torch.zeros_like(bg[:, :1])
     img, alpha, med = rasterize_pixels(
         proj["means2d"], proj["conics"], cols, proj["opacities"], proj["depths"], proj["radii"],
-        width, height, tile_size, bg,
+        a.width, a.height, a.tile_size, bg,
     )
-    if render_mode in ("ED", "RGB+ED"):
+    if a.render_mode in ("ED", "RGB+ED"):
         img = torch.cat([img[..., :-1], img[..., -1:] / alpha.clamp(min=1e-10)], dim=-1)
     meta = dict(proj)
     meta["median_depths"] = med

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sparse3d.kernels.kernel_map import KernelMap, conv_output_grid, kernel_offsets, triple
+from sparse3d.kernels.kernel_map_types import KernelMap, conv_output_grid, kernel_offsets, triple
 
 
 def _index_volume(coords: torch.Tensor, grid: Sequence[int], batch: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sparse3d.kernels.voxelize import Voxelization, grid_size_from_range
+from sparse3d.kernels.voxelize_types import Voxelization, grid_size_from_range
 
 
 def voxelize(

@@ -17,7 +17,9 @@ blank target pixels whose plane point lies behind the source camera.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,7 +27,7 @@ import torch
 
 from sparse3d.cameras import Cameras
 from sparse3d.io.spare import rig_target
-from sparse3d.render.interface import PosedImages
+from sparse3d.views import PosedImages
 
 # Pixel-centre convention shift: OpenCV puts pixel centres at integer coordinates, sparse3d at +0.5.
 _CV_TO_OURS = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
@@ -79,12 +81,15 @@ def _max_shift(H: np.ndarray, width: int, height: int) -> float:
 
 
 class NearestViewReprojection:
-    """:class:`~sparse3d.render.NovelViewMethod` that warps the nearest input view through the object plane.
+    """Per-scene method (:class:`~sparse3d.train.scene_trainer.SceneMethod`) that warps the nearest input view
+    through the object plane. It has nothing to optimise: ``default_steps`` is 0 and ``setup`` does all the work.
 
     Args:
         plane_point: world point the plane passes through; ``None`` uses the rig target of the input cameras
             (needs at least two non-parallel input cameras).
     """
+
+    default_steps = 0
 
     def __init__(self, plane_point: Sequence[float] | None = None) -> None:
         self.plane_point = None if plane_point is None else np.asarray(plane_point, dtype=np.float64).reshape(3)
@@ -92,8 +97,8 @@ class NearestViewReprojection:
         self._cameras: Cameras | None = None
         self._point: np.ndarray | None = None
 
-    def fit(self, views: PosedImages) -> None:
-        """Keep the input views and fix the plane point (nothing is optimised)."""
+    def setup(self, views: PosedImages, max_steps: int = 0) -> None:
+        """Keep the input views and fix the plane point (nothing is optimised; ``max_steps`` is ignored)."""
         if len(views.cameras) == 0:
             raise ValueError("views: need at least one input view")
         self._images = views.images.detach().cpu().float().numpy()
@@ -108,7 +113,7 @@ class NearestViewReprojection:
     def nearest_view(self, target: Cameras) -> int:
         """Index of the input view with the closest camera centre; ties go to the smallest viewing angle."""
         if self._cameras is None:
-            raise RuntimeError("call fit() before render()")
+            raise RuntimeError("call setup() before render()")
         centres = self._cameras.centers.double()
         dist = (centres - target.centers[0].double()).norm(dim=-1)
         forward = self._cameras.R[:, 2, :].double()
@@ -120,7 +125,7 @@ class NearestViewReprojection:
     def render(self, cameras: Cameras) -> torch.Tensor:
         """(N, H, W, 3) float32 images at ``cameras.height`` x ``cameras.width``."""
         if self._images is None or self._cameras is None or self._point is None:
-            raise RuntimeError("call fit() before render()")
+            raise RuntimeError("call setup() before render()")
         out = np.zeros((len(cameras), cameras.height, cameras.width, 3), dtype=np.float32)
         for i in range(len(cameras)):
             target = cameras[i].to("cpu")
@@ -133,3 +138,17 @@ class NearestViewReprojection:
             else:
                 out[i] = warp_to_target(self._images[k], H_ts, cameras.width, cameras.height)
         return torch.from_numpy(out)
+
+    def training_step(self, step: int) -> dict[str, float]:
+        raise RuntimeError("NearestViewReprojection has nothing to optimise; run it with max_steps=0")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Empty: ``setup`` rebuilds everything from the input views."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    def export(self, out_dir: Path) -> list[Path]:
+        """Nothing beyond the renders."""
+        return []

@@ -1,2 +1,2 @@
-"""Gaussian splatting models: the shared Gaussian parameterisation and fitting loop, and the sparse-view methods
-built on it."""
+"""Gaussian splatting: the shared Gaussian parameterisation and the per-scene methods built on it (plain 3DGS;
+the sparse-view methods join here), all fitted by :class:`sparse3d.train.scene_trainer.SceneTrainer`."""

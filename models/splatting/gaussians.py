@@ -1,4 +1,4 @@
-"""3D Gaussians as trainable parameters: initialisation from points, activations, Adam and one fitting step.
+"""3D Gaussians as trainable parameters: initialisation from points, activations and their Adam set-up.
 
 Every splatting method (vanilla 3DGS, CoherentGS, RDG-GS ...) shares this: raw parameters live in an
 ``nn.Module`` in the space Adam works well in (log-scales, opacity logits, unnormalised quaternions, SH
@@ -20,7 +20,7 @@ from torch import nn
 from sparse3d.cameras import Cameras
 from sparse3d.io.gaussian_ply import GaussianCloud
 
-__all__ = ["GaussianModel", "SH_C0", "rgb_to_sh0", "knn_mean_distance", "DEFAULT_LRS", "make_adam", "fit_step"]
+__all__ = ["GaussianModel", "SH_C0", "rgb_to_sh0", "knn_mean_distance", "DEFAULT_LRS", "make_adam"]
 
 SH_C0 = 0.28209479177387814
 """Degree-0 real SH basis value: colour = SH_C0 * f_dc + 0.5."""
@@ -189,24 +189,3 @@ def make_adam(model: GaussianModel, scene_extent: float = 1.0, lrs: Mapping[str,
         {"params": [model.quats], "lr": rates["quats"], "name": "quats"},
     ]
     return torch.optim.Adam(groups, eps=1e-15)
-
-
-def fit_step(
-    model: GaussianModel,
-    optimizer: torch.optim.Optimizer,
-    cameras: Cameras,
-    images: torch.Tensor,
-    background: torch.Tensor | None = None,
-) -> float:
-    """One Adam step on the L1 photometric loss of ``cameras`` against ``images`` (C, H, W, 3); returns the loss."""
-    if images.shape != (len(cameras), cameras.height, cameras.width, 3):
-        raise ValueError(
-            f"images must be (C, H, W, 3) = {(len(cameras), cameras.height, cameras.width, 3)}, "
-            f"got {tuple(images.shape)}"
-        )
-    optimizer.zero_grad(set_to_none=True)
-    rendered, _ = model.render(cameras, background)
-    loss = (rendered - images.to(rendered)).abs().mean()
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())

@@ -13,14 +13,13 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from sparse3d.config_schema import register
@@ -72,7 +71,16 @@ def _log_to_files(level: int, message: str) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    """One readable message from an exception and its causes (Hydra wraps constructor errors)."""
+    """One readable message from an exception and its causes (Hydra wraps constructor errors).
+
+    A :class:`UserError` raised by a constructor that Hydra called is already written for the user: it is shown
+    alone, without Hydra's wrapping.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, UserError):
+            return str(cause).strip()
+        cause = cause.__cause__
     parts = [str(exc).strip() or type(exc).__name__]
     cause = exc.__cause__
     while cause is not None and len(parts) < 4:
@@ -150,78 +158,3 @@ def warn_if_rank_dirs_may_split(info: D.DistInfo) -> None:
             "torchrun without --standalone or --rdzv-id: the run dir is named torchrun_none and reused by every "
             "such job; pass --rdzv-id=<unique id> (e.g. $SLURM_JOB_ID)"
         )
-
-
-def build(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` with plain python containers for list/dict arguments."""
-    return instantiate(node, _convert_="all", **kwargs)
-
-
-def prepare_data(data_cfg: DictConfig | Mapping[str, Any]) -> None:
-    """Generate the data set when ``generate_if_missing`` is set and ``root`` does not exist yet.
-
-    Rank 0 generates; the other ranks wait at a barrier so nobody reads half-written files.
-    """
-    root = _select(data_cfg, "root")
-    if root is None:
-        return
-    root_path = Path(str(root))
-    if root_path.exists():
-        return
-    generator = _select(data_cfg, "generator")
-    if not _select(data_cfg, "generate_if_missing") or generator is None:
-        raise UserError(
-            f"data root {root_path} does not exist; generate it (e.g. `sparse3d-data lidar out_dir={root_path}`), "
-            "point data.root / paths.data_dir at your data, or set data.generate_if_missing=true"
-        )
-    if D.current_dist_info().is_main:
-        log.info("data root %s is missing: generating it with %s", root_path, _select(generator, "_target_"))
-        build(generator)
-    D.barrier()
-    if not root_path.exists():
-        raise UserError(f"the data generator finished but {root_path} still does not exist")
-
-
-def build_datasets(data_cfg: DictConfig) -> tuple[Any, Any, Any]:
-    """Instantiate ``data.train``, optional ``data.val`` and optional ``data.collate_fn``."""
-    train_node = _select(data_cfg, "train")
-    if train_node is None:
-        raise UserError("the data config has no 'train' node (a _target_ building the training dataset)")
-    train = build(train_node)
-    val_node = _select(data_cfg, "val")
-    val = build(val_node) if val_node is not None else None
-    collate_node = _select(data_cfg, "collate_fn")
-    collate = build(collate_node) if collate_node is not None else None
-    return train, val, collate
-
-
-def _select(cfg: Any, key: str) -> Any:
-    if cfg is None:
-        return None
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.select(cfg, key, default=None)
-    if isinstance(cfg, Mapping):
-        return cfg.get(key)
-    return getattr(cfg, key, None)
-
-
-def jsonable(value: Any) -> Any:
-    """Convert tensors, numpy scalars, paths and containers into JSON-serialisable values."""
-    import numpy as np
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.detach().cpu().tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and value != value:
-        return None  # NaN is not valid JSON
-    return value

@@ -18,17 +18,19 @@ Exit status: 0, 1 when a ``kernels-cuda-compile`` record failed, 2 for a usage e
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sparse3d.bench import available_suites
 from sparse3d.cli import _hydra as H
 from sparse3d.utils.errors import UserError
 
@@ -36,16 +38,6 @@ log = logging.getLogger("sparse3d.cli.bench")
 
 APP = "sparse3d-bench"
 EXIT_COMPILE_FAILED = 1
-
-SUITES: dict[str, str] = {
-    "kernels": "sparse3d.bench.kernels:run_kernels_suite",
-    "splatting": "sparse3d.bench.splatting:run_splatting_suite",
-}
-"""Suite name -> ``module:function`` returning a list of record dicts. Add ``dsvt`` and ``sparseflex``
-here when their suites land; a runner takes keyword arguments among ``repeats``, ``quick``,
-``device``, ``cuda_compile`` and ``sizes`` (only those it declares are passed)."""
-
-PLANNED_SUITES: tuple[str, ...] = ("dsvt", "sparseflex")
 
 _COMMAND_LINE: list[str] = []
 """The command line as typed (before :func:`rewrite_argv`), quoted in the table caption."""
@@ -136,16 +128,15 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
     return [argv[0], *options, *overrides]
 
 
-def resolve_suite(name: str) -> Callable[..., list[dict]]:
-    """The runner of suite ``name``; a UserError listing the available suites otherwise."""
-    if name not in SUITES:
-        available = ", ".join(sorted(SUITES))
-        if name in PLANNED_SUITES:
-            raise UserError(f"suite {name!r} is not available yet; available suites: {available}")
-        planned = f" (planned: {', '.join(PLANNED_SUITES)})" if PLANNED_SUITES else ""
-        raise UserError(f"unknown suite {name!r}; available suites: {available}{planned}")
-    module_name, func_name = SUITES[name].split(":")
-    return getattr(importlib.import_module(module_name), func_name)
+def _check_suite_name(overrides: Sequence[str], config_dirs: Sequence[str]) -> None:
+    """A clear error for an unknown ``suite=NAME`` (Hydra's own names the config group, not the choices)."""
+    names = [a.split("=", 1)[1] for a in overrides if a.startswith("suite=")]
+    known = set(available_suites())
+    for folder in config_dirs:
+        known |= {p.stem for p in Path(folder, "suite").glob("*.yaml")}
+    for name in names:
+        if name.strip("'") not in known:
+            raise _usage_error(f"unknown suite {name!r}; available suites: {', '.join(sorted(known))}")
 
 
 def suite_kwargs(runner: Callable[..., Any], cfg: DictConfig) -> dict[str, Any]:
@@ -167,7 +158,7 @@ def suite_kwargs(runner: Callable[..., Any], cfg: DictConfig) -> dict[str, Any]:
         if key in params:
             kwargs[key] = value
         elif key in ("cuda_compile", "sizes") and value not in (None, False):
-            raise UserError(f"suite {cfg.suite!r} does not support {key}")
+            raise UserError(f"suite {cfg.suite.name!r} does not support {key}")
     return kwargs
 
 
@@ -175,8 +166,7 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], bool]:
     """Run the configured suite, print its table, write JSON if asked; returns (records, all compiles ok)."""
     from sparse3d.bench.common import machine_description, markdown_table, write_json
 
-    suite = str(cfg.suite)
-    runner = resolve_suite(suite)
+    runner = instantiate(cfg.suite.runner)
     kwargs = suite_kwargs(runner, cfg)
     try:
         records = runner(**kwargs)
@@ -210,6 +200,8 @@ def main() -> None:
     """Console-script entry point: rewrite ``--flags`` into Hydra overrides, then let Hydra compose."""
     _COMMAND_LINE[:] = sys.argv[1:]
     sys.argv = rewrite_argv(sys.argv)
+    dirs = [sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a in ("--config-dir", "-cd")]
+    _check_suite_name(sys.argv[1:], dirs)
     _hydra_entry()
 
 

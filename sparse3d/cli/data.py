@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sparse3d.cli import _hydra as H
+from sparse3d.train.data_spec import build
 from sparse3d.utils.errors import UserError
 
 log = logging.getLogger("sparse3d.cli.data")
@@ -31,7 +32,7 @@ def run_data(cfg: DictConfig) -> Path:
     generator = cfg.get("generator")
     if generator is None or "_target_" not in generator:
         raise UserError("choose a generator: `sparse3d-data <name>` or generator=<name> (see configs/generator/)")
-    result = H.build(generator)
+    result = build(generator)
     where = Path(str(result)) if isinstance(result, (str, Path)) else Path(str(cfg.get("out_dir", ".")))
     print(f"{APP}: wrote {cfg.get('experiment_name', 'data')} data to {where}", flush=True)
     return where

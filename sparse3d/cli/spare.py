@@ -9,20 +9,16 @@ Examples::
     sparse3d-spare collect runs=outputs/spare/submit/multirun_<stamp>
 
 The first bare word is rewritten to ``command=<word>`` (Hydra has no positional arguments). Under ``-m``
-(multirun) ``submit`` runs sweep jobs: each renders its scene(s) into its own job dir and, when the test views'
-ground truth is on disk (generated data), scores them with :func:`sparse3d.metrics.rendering.evaluate_rendering`
-into ``results.json``; ``collect`` gathers those files into one table.
+(multirun) ``submit`` runs sweep jobs (:func:`sparse3d.spare.sweep.sweep_scenes`): each renders its scene(s) into
+its own job dir and, when the test views' ground truth is on disk (generated data), scores them into
+``results.json``; ``collect`` gathers those files into one table (:func:`sparse3d.spare.results.collect_results`).
+This module only parses the config and dispatches; the SpaRe logic lives in :mod:`sparse3d.spare`.
 """
 
 from __future__ import annotations
 
-import csv
-import functools
-import json
 import logging
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +26,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from sparse3d.cli import _hydra as H
-from sparse3d.io.spare import SplitEntry, load_scene, read_split, write_split
-from sparse3d.metrics.rendering import LABELS, METRICS, evaluate_rendering, format_metric, write_json
 from sparse3d.spare.check import check_submission
-from sparse3d.spare.submission import render_scene, select_scenes, write_submission
+from sparse3d.spare.report import format_metric
+from sparse3d.spare.results import collect_results, results_markdown, write_results_csv
+from sparse3d.spare.submission import write_submission
+from sparse3d.spare.sweep import sweep_scenes
+from sparse3d.train.scene_trainer import method_factory
 from sparse3d.utils.errors import UserError
 
 log = logging.getLogger("sparse3d.cli.spare")
 
 APP = "sparse3d-spare"
 COMMANDS = ("submit", "check", "sweep", "collect")
-RESULTS_NAME = "results.json"
 EXIT_INVALID = 1
 
 
@@ -90,15 +86,6 @@ def _optional(cfg: DictConfig, key: str) -> str | None:
     return None if value is None else str(value)
 
 
-def method_factory(cfg: DictConfig) -> Callable[[], Any]:
-    """The ``method`` node built as a factory (``_partial_: true``): one fresh method per scene."""
-    built = H.build(cfg.method)
-    if not isinstance(built, functools.partial):
-        raise UserError(f"the method config ({cfg.method.get('_target_')}) must set `_partial_: true` so a fresh "
-                        "method can be built for every scene (see configs/spare/method/reprojection.yaml)")
-    return built
-
-
 def _method_name() -> str:
     return str(HydraConfig.get().runtime.choices.get("method", "custom"))
 
@@ -110,9 +97,9 @@ def run_submit(cfg: DictConfig) -> int:
     split = _split_path(cfg, root)
     scenes = _scene_selection(cfg)
     summary = write_submission(
-        method_factory(cfg), root, split, _path(cfg, "out"), width=int(cfg.width), height=int(cfg.height),
+        method_factory(cfg.method), root, split, _path(cfg, "out"), width=int(cfg.width), height=int(cfg.height),
         calibration_dir=_optional(cfg, "calibration_dir"), scenes=scenes, work_dir=_optional(cfg, "work_dir"),
-        lighting=int(cfg.lighting), progress=bool(cfg.progress),
+        lighting=int(cfg.lighting), progress=bool(cfg.progress), trainer=cfg.trainer,
     )
     print(f"{APP}: wrote {summary.zip_path} ({summary.num_files} images; rendered {len(summary.rendered)} "
           f"scene(s), reused {len(summary.skipped)} from {summary.work_dir})", flush=True)
@@ -153,136 +140,30 @@ def run_check(cfg: DictConfig) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- sweep
-def _has_ground_truth(root: Path, entry: SplitEntry, cfg: DictConfig) -> tuple[bool, tuple[int, int]]:
-    scene = load_scene(root, entry, calibration_dir=_optional(cfg, "calibration_dir"))
-    present = all(scene.image_path(v).is_file() for v in entry.test_views)
-    return present, (scene.cameras.width, scene.cameras.height)
-
-
 def run_sweep_job(cfg: DictConfig) -> Path:
-    """Render the selected scene(s) into this job's dir, score them if ground truth exists, write results.json.
-
-    Scenes with ground truth are rendered at the ground-truth size (metrics never resize); others at
-    ``width`` x ``height``.
-    """
+    """One sweep job in this Hydra job's output dir (:func:`~sparse3d.spare.sweep.sweep_scenes`); prints its scores."""
     root = _data_root(cfg)
     split = _split_path(cfg, root)
-    entries = select_scenes(read_split(split), _scene_selection(cfg))
-    job_dir = H.hydra_output_dir()
-    render_dir = job_dir / "render"
-    factory = method_factory(cfg)
-    timing: dict[str, float] = {}
-    with_gt: dict[str, SplitEntry] = {}
-    for name, entry in tqdm(entries.items(), desc="scenes", unit="scene", disable=not cfg.progress):
-        has_gt, gt_size = _has_ground_truth(root, entry, cfg)
-        width, height = gt_size if has_gt else (int(cfg.width), int(cfg.height))
-        start = time.perf_counter()
-        render_scene(factory, root, entry, render_dir, width, height, _optional(cfg, "calibration_dir"),
-                     int(cfg.lighting))
-        timing[name] = time.perf_counter() - start
-        if has_gt:
-            with_gt[name] = entry
-    extra = {"command": str(cfg.command), "method": _method_name(), "split": str(split), "render_dir": str(render_dir),
-             "fit_render_seconds": timing, "not_evaluated": [n for n in entries if n not in with_gt]}
-    out = job_dir / RESULTS_NAME
-    if with_gt and cfg.evaluate.enabled:
-        job_split = write_split(job_dir / "split.json", with_gt)
-        result = evaluate_rendering(
-            render_dir, root, job_split, psnr_mask_mode=str(cfg.evaluate.psnr_mask_mode),
-            lpips_backbone=_optional(cfg.evaluate, "lpips_backbone"), lpips_heads=_optional(cfg.evaluate, "lpips_heads"),
-            calibration_dir=_optional(cfg, "calibration_dir"), device=str(cfg.evaluate.device), progress=False,
-        )
-        write_json(result, out, extra=extra)
-        for name, s in result.scenes.items():
-            print(f"{APP}: {name} ({s['dataset']}): PSNR {_cell(s['psnr'], 'psnr')}  SSIM {_cell(s['ssim'], 'ssim')}  "
-                  f"PSNR-M {_cell(s['psnr_m'], 'psnr_m')}  LPIPS {_cell(s['lpips'], 'lpips')}", flush=True)
-    else:
-        reason = "evaluate.enabled=false" if with_gt else "no ground truth for the test views on disk"
-        out.write_text(json.dumps({**extra, "scenes": {}, "not_evaluated_reason": reason}, indent=2) + "\n")
-        print(f"{APP}: rendered {list(entries)} into {render_dir} (not evaluated: {reason})", flush=True)
-    return out
+    swept = sweep_scenes(
+        method_factory(cfg.method), root, split, _scene_selection(cfg), H.hydra_output_dir(), int(cfg.width),
+        int(cfg.height), calibration_dir=_optional(cfg, "calibration_dir"), lighting=int(cfg.lighting),
+        evaluate=bool(cfg.evaluate.enabled), psnr_mask_mode=str(cfg.evaluate.psnr_mask_mode),
+        lpips_backbone=_optional(cfg.evaluate, "lpips_backbone"), lpips_heads=_optional(cfg.evaluate, "lpips_heads"),
+        device=str(cfg.evaluate.device), progress=bool(cfg.progress), method_name=_method_name(),
+        extra={"command": str(cfg.command)}, trainer=cfg.trainer,
+    )
+    if swept.evaluation is None:
+        print(f"{APP}: rendered {swept.scenes} into {swept.render_dir} (not evaluated: {swept.not_evaluated_reason})",
+              flush=True)
+        return swept.results_path
+    for name, s in swept.evaluation.scenes.items():
+        print(f"{APP}: {name} ({s['dataset']}): PSNR {format_metric(s['psnr'], 'psnr')}  "
+              f"SSIM {format_metric(s['ssim'], 'ssim')}  PSNR-M {format_metric(s['psnr_m'], 'psnr_m')}  "
+              f"LPIPS {format_metric(s['lpips'], 'lpips')}", flush=True)
+    return swept.results_path
 
 
 # -------------------------------------------------------------------------------------------------- collect
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return float(value)  # "inf" / "-inf": JSON has no infinity
-    return float(value)
-
-
-def _cell(value: Any, metric: str) -> str:
-    return format_metric(_number(value), metric)
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
-def collect_results(runs: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows (one per method and scene) from every ``results.json`` under ``runs``, and per-dataset means."""
-    files = sorted(runs.rglob(RESULTS_NAME))
-    if not files:
-        raise UserError(f"no {RESULTS_NAME} under {runs}; pass runs=<multirun dir of `{APP} submit -m`/sweep>")
-    rows: list[dict[str, Any]] = []
-    seen: dict[tuple[str, str], Path] = {}
-    for path in files:
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: invalid JSON ({exc})") from None
-        method = str(data.get("method", "?"))
-        for scene, s in (data.get("scenes") or {}).items():
-            key = (method, scene)
-            if key in seen:
-                raise UserError(f"scene {scene!r} of method {method!r} is in both {seen[key]} and {path}")
-            seen[key] = path
-            row = {"method": method, "dataset": s["dataset"], "scene": scene, "images": s.get("num_images"),
-                   "job": str(path.parent.relative_to(runs))}
-            row.update({k: _number(s.get(k)) for k in METRICS})
-            rows.append(row)
-    if not rows:
-        raise UserError(f"no evaluated scenes in the {len(files)} {RESULTS_NAME} file(s) under {runs} "
-                        "(scenes are scored only when their test views' ground truth is on disk)")
-    rows.sort(key=lambda r: (r["method"], r["dataset"], r["scene"]))
-    means = []
-    for method, dataset in sorted({(r["method"], r["dataset"]) for r in rows}):
-        group = [r for r in rows if (r["method"], r["dataset"]) == (method, dataset)]
-        mean = {"method": method, "dataset": dataset, "scenes": len(group)}
-        mean.update({k: _mean([r[k] for r in group]) for k in METRICS})
-        means.append(mean)
-    return rows, means
-
-
-def results_markdown(rows: list[dict[str, Any]], means: list[dict[str, Any]]) -> str:
-    header = "| Method | Dataset | Scene | " + " | ".join(LABELS[k] for k in METRICS) + " |"
-    lines = ["# SpaRe sweep results", "", "Per-dataset mean = mean of scene means (Synthetic and DTU never mixed); "
-             "`n/c` = not computed.", "", header, "|---|---|---|" + "---:|" * len(METRICS)]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['dataset']} | {r['scene']} | "
-                     + " | ".join(_cell(r[k], k) for k in METRICS) + " |")
-    for m in means:
-        lines.append(f"| **{m['method']}** | **{m['dataset']}** | **mean of {m['scenes']}** | "
-                     + " | ".join(f"**{_cell(m[k], k)}**" for k in METRICS) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results_csv(rows: list[dict[str, Any]], means: list[dict[str, Any]], path: Path) -> Path:
-    """Scene rows, then one ``mean`` row per (method, dataset); empty cell = not computed."""
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "dataset", "scene", "images", *METRICS, "job"])
-        for r in rows:
-            writer.writerow([r["method"], r["dataset"], r["scene"], r["images"],
-                             *("" if r[k] is None else repr(r[k]) for k in METRICS), r["job"]])
-        for m in means:
-            writer.writerow([m["method"], m["dataset"], "mean", "",
-                             *("" if m[k] is None else repr(m[k]) for k in METRICS), f"{m['scenes']} scenes"])
-    return path
-
-
 def run_collect(cfg: DictConfig) -> tuple[Path, Path]:
     runs = _path(cfg, "runs")
     if not runs.is_dir():

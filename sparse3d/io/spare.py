@@ -1,6 +1,7 @@
 """SpaRe / DTU scenes as the SpaRe benchmark ships them: split JSON, ``pos_XXX.txt`` cameras, images, masks.
 
-Facts (see the SpaRe design note): view index ``i`` is file number ``i + 1``; DTU images are
+Facts (from the data release of SpaRe, the AIM 2024 Sparse Neural Rendering Challenge, Nazarczuk et al. 2024,
+and DTU's file naming, Aanæs et al. 2016): view index ``i`` is file number ``i + 1``; DTU images are
 ``rect_{i+1:03d}_{lighting}_r5000.png`` and SpaRe-synthetic images ``cam_{i+1:03d}_{lighting}_0000.png``;
 lighting 3 (all lights on) is the evaluation condition; ``pos_{i+1:03d}.txt`` holds a 3x4 projection matrix
 ``P = K [R | t]`` at full resolution (1600x1200). Split files map scene names to
@@ -28,8 +29,8 @@ import torch
 
 from sparse3d.cameras import Cameras
 from sparse3d.io.images import png_info, read_image, read_mask
-from sparse3d.render.interface import PosedImages
 from sparse3d.utils.errors import UserError
+from sparse3d.views import PosedImages
 
 PathLike = str | Path
 

@@ -1,6 +1,7 @@
 """Full-reference image metrics on float images in [0, 1]: PSNR, masked PSNR, SSIM, SSIM in the mask's box.
 
-Conventions (SpaRe design note §7):
+Conventions (those the SpaRe benchmark evaluation uses, :mod:`sparse3d.spare.evaluation`; SSIM is that of Wang et
+al., "Image Quality Assessment: From Error Visibility to Structural Similarity", IEEE TIP 2004):
 
 * Images are HWC (one image) or NHWC (a batch), float in [0, 1], NumPy or torch. Functions return a
   float64 tensor of shape ``()`` for one image and ``(N,)`` for a batch: a batch's PSNR is a value *per
@@ -152,8 +153,8 @@ def crop(image: ArrayLike, bbox: BBox) -> ArrayLike:
 def ssim(pred: ArrayLike, gt: ArrayLike) -> torch.Tensor:
     """SSIM (Gaussian window 11, sigma 1.5, K 0.01/0.03, data range 1), mean over the valid map and channels.
 
-    Computed by ``pytorch_msssim`` in float32 on the inputs' device (float64 agrees to ~1e-7 but is 3x
-    slower on CPU); returned as float64. Images must be at least 11 x 11 (the window must fit once).
+    Computed by ``pytorch_msssim`` in float32 on the inputs' device (it agrees with float64 to ~1e-7);
+    returned as float64. Images must be at least 11 x 11 (the window must fit once).
     """
     p, g = _image_pair(pred, gt)
     height, width = p.shape[-3], p.shape[-2]

@@ -38,7 +38,7 @@ MIN_SIZE = 31
 """Smallest input side for which every tap exists (conv 11/4 then two 3/2 max-pools)."""
 
 # Published digests, recorded so reports can say whether the files are the reference ones. The heads digest is
-# from the project's SpaRe design note (upstream richzhang/PerceptualSimilarity lpips/weights/v0.1/alex.pth);
+# the SHA-256 of the official v0.1 heads file (richzhang/PerceptualSimilarity, lpips/weights/v0.1/alex.pth);
 # torchvision's file name embeds the first 8 hex digits of its SHA-256 (torch.hub convention).
 REFERENCE_HEADS_SHA256 = "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"
 REFERENCE_BACKBONE_SHA256_PREFIX = "7be5be79"

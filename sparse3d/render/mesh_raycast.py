@@ -30,10 +30,9 @@ Model (fixed here so tests can check it against formulas):
   The specular term is also zero where ``n.l <= 0``.
 * :meth:`MeshRaycaster.render_layers` keeps each light's contribution separate, so many lighting conditions made
   of the same lights (with different weights) cost one ray cast: :func:`compose_layers` mixes them.
-* Outputs are NumPy arrays (``torch.from_numpy`` them for training targets). Cost: Open3D casts rays on every
-  core; shading is single-threaded NumPy on purpose (torch's thread pool slowed tiny renders ~5x on a busy
-  2-core machine). A 1600x1200 view with 5 lights and shadows took ~6 s on the busy 2-core dev VM; build one
-  :class:`MeshRaycaster` and reuse it for all cameras.
+* Outputs are NumPy arrays (``torch.from_numpy`` them for training targets). Open3D casts rays on every core;
+  shading is single-threaded NumPy on purpose (torch's thread pool is slower for small renders). Build one
+  :class:`MeshRaycaster` and reuse it for all cameras: the BVH is built once.
 """
 
 from __future__ import annotations
@@ -189,7 +188,7 @@ def camera_rays(cameras: Cameras, index: int, row_start: int, row_stop: int) -> 
 
 def _interpolate(values: np.ndarray, face: np.ndarray, bary: np.ndarray) -> np.ndarray:
     """Barycentric blend of per-vertex ``values`` (V, C) over triangles ``face`` (M, 3) with weights (M, 3)."""
-    out = np.take(values, face[:, 0], axis=0) * bary[:, 0:1]  # np.take: several times faster than values[idx]
+    out = np.take(values, face[:, 0], axis=0) * bary[:, 0:1]  # np.take: faster than values[idx]
     out += np.take(values, face[:, 1], axis=0) * bary[:, 1:2]
     out += np.take(values, face[:, 2], axis=0) * bary[:, 2:3]
     return out

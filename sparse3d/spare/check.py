@@ -1,9 +1,11 @@
 """Check a SpaRe submission zip before uploading it, listing every problem instead of stopping at the first.
 
-Rules (SpaRe design note §8): exactly one ``<scene>/<image_filename(dataset, view, 3)>`` per (scene, test view) of
-the split, scene folders at the archive root with the split's exact (case-sensitive) names, nothing else (no
-``__MACOSX/``, ``.DS_Store``, enclosing folder), every file a 1600x1200 8-bit RGB PNG. Only PNG headers are
-parsed (:func:`~sparse3d.io.images.png_info`); every member is still read once so CRC errors surface.
+Rules: the submission format of the SpaRe benchmark of the AIM 2024 Sparse Neural Rendering Challenge (Nazarczuk
+et al., "AIM 2024 Sparse Neural Rendering Challenge: Dataset and Benchmark", ECCV Workshops 2024;
+https://sparebenchmark.github.io), as checked here: exactly one ``<scene>/<image_filename(dataset, view, 3)>`` per
+(scene, test view) of the split, scene folders at the archive root with the split's exact (case-sensitive) names,
+nothing else (no ``__MACOSX/``, ``.DS_Store``, enclosing folder), every file a 1600x1200 8-bit RGB PNG. Only PNG
+headers are parsed (:func:`~sparse3d.io.images.png_info`); every member is still read once so CRC errors surface.
 
 A misplaced file that clearly stands for an expected one (under an enclosing folder, in a folder whose name
 differs only in case, or named with the wrong pattern or lighting for the right view) is reported once, as

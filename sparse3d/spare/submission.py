@@ -1,13 +1,16 @@
 """Write a SpaRe submission zip: render every scene's test views through a novel-view method, zip the scenes.
 
-Format (SpaRe design note §8): ``<scene>/<image_filename(dataset, view, 3)>`` 8-bit RGB PNGs at 1600x1200, one per
-(scene, test view) of the split, with the scene folders at the archive root (no enclosing folder). The zip is
-written deterministically (sorted names, fixed timestamps) so the same renders give the same bytes.
+Format: that of the SpaRe benchmark of the AIM 2024 Sparse Neural Rendering Challenge (Nazarczuk et al., ECCV
+Workshops 2024; https://sparebenchmark.github.io): ``<scene>/<image_filename(dataset, view, 3)>`` 8-bit RGB PNGs
+at 1600x1200, one per (scene, test view) of the split, with the scene folders at the archive root (no enclosing
+folder), for its synthetic scenes and its DTU scenes (Jensen et al., CVPR 2014) alike. The zip is written
+deterministically (sorted names, fixed timestamps) so the same renders give the same bytes.
 
-Rendering goes only through :class:`~sparse3d.render.NovelViewMethod` (``fit`` + ``render``), so any method plugs
-in. Work is resumable: finished scenes in ``work_dir`` (all ten PNGs present with the right header) are skipped,
-and a method that also has ``save_state(dir)`` / ``load_state(dir)`` gets its fitted state saved after ``fit``
-and reloaded instead of refitting when a scene was interrupted half-way.
+Every scene is fitted by the shared per-scene loop (:class:`~sparse3d.train.scene_trainer.SceneTrainer`) with a
+fresh method from the same ``configs/method/<name>.yaml`` that ``sparse3d-train`` uses, so any
+:class:`~sparse3d.train.scene_trainer.SceneMethod` plugs in. Work is resumable at two levels: finished scenes in
+``work_dir`` (all ten PNGs present with the right header) are skipped, and each scene's loop keeps its
+checkpoints in ``work_dir/.method_state/<scene>/``, so an interrupted fit continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 from sparse3d.io.images import png_info, write_png
@@ -33,15 +35,16 @@ from sparse3d.io.spare import (
     load_scene,
     read_split,
 )
-from sparse3d.render.interface import NovelViewMethod
+from sparse3d.train.scene_trainer import SceneMethod, SceneTrainer, render_views
 from sparse3d.utils.errors import UserError
+from sparse3d.views import SceneViews
 
 log = logging.getLogger("sparse3d.spare.submission")
 
 PathLike = str | Path
-MethodFactory = Callable[[], NovelViewMethod]
+MethodFactory = Callable[[], SceneMethod]
 STATE_DIR = ".method_state"
-"""Folder of ``work_dir`` holding per-scene method state; never zipped."""
+"""Folder of a render directory holding each scene's per-scene run (checkpoints, logs, exports); never zipped."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -81,31 +84,6 @@ def scene_is_rendered(folder: PathLike, entry: SplitEntry, width: int, height: i
     return True
 
 
-def _fit_or_load(method: NovelViewMethod, views: object, state_dir: Path | None) -> None:
-    save = getattr(method, "save_state", None)
-    load = getattr(method, "load_state", None)
-    if state_dir is not None and callable(load) and (state_dir / "complete").is_file():
-        log.info("loading fitted state of scene %s from %s", getattr(views, "scene", "?"), state_dir)
-        load(state_dir)
-        return
-    method.fit(views)  # type: ignore[arg-type]
-    if state_dir is not None and callable(save):
-        state_dir.mkdir(parents=True, exist_ok=True)
-        save(state_dir)
-        (state_dir / "complete").write_text("ok\n")
-
-
-def _check_render(images: object, scene: str, view: int, width: int, height: int) -> np.ndarray:
-    if not isinstance(images, torch.Tensor) or tuple(images.shape) != (1, height, width, 3):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"scene {scene!r}, view {view}: the method returned {shape}, expected (1, {height}, "
-                         f"{width}, 3) float images")
-    array = images[0].detach().to("cpu", torch.float32).numpy()
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"scene {scene!r}, view {view}: the method rendered NaN or inf values")
-    return np.clip(array, 0.0, 1.0)
-
-
 def render_scene(
     method_factory: MethodFactory,
     data_root: PathLike,
@@ -115,13 +93,15 @@ def render_scene(
     height: int | None = BENCHMARK_SIZE[1],
     calibration_dir: PathLike | None = None,
     lighting: int = EVAL_LIGHTING,
-    state_dir: PathLike | None = None,
+    trainer: Any = None,
 ) -> list[Path]:
     """Fit a fresh method on the scene's input views and write its test views to ``out_dir/<scene>/``.
 
-    ``width``/``height`` None renders at the size of the images on disk; otherwise the cameras are rescaled
-    (:meth:`Cameras.resized`) when the data on disk has another size. Files are written atomically (temp
-    name, then rename) so an interrupted run never leaves a truncated PNG that looks finished.
+    The fit runs in ``out_dir/.method_state/<scene>/`` with the loop options ``trainer``
+    (:class:`~sparse3d.config_schema.SceneTrainerConfig`; None = defaults) and resumes there when a checkpoint
+    exists. ``width``/``height`` None renders at the size of the images on disk; otherwise the cameras are
+    rescaled (:meth:`Cameras.resized`) when the data on disk has another size. Files are written atomically
+    (temp name, then rename) so an interrupted run never leaves a truncated PNG that looks finished.
     """
     scene = load_scene(data_root, entry, lighting=lighting, calibration_dir=calibration_dir)
     cams = scene.cameras_for(entry.test_views)
@@ -133,13 +113,16 @@ def render_scene(
                         entry.scene, cams.width, cams.height, width, height)
         cams = cams.resized(width, height)
     method = method_factory()
-    _fit_or_load(method, load_input_views(scene, entry), Path(state_dir) if state_dir is not None else None)
+    loop = SceneTrainer(trainer, Path(out_dir) / STATE_DIR / entry.scene)
+    loop.fit(method, SceneViews(load_input_views(scene, entry)), resume="auto")
+    cams = cams.to(loop.device)
     written = []
     for index, view in enumerate(entry.test_views):
-        image = _check_render(method.render(cams[index]), entry.scene, view, width, height)
+        image = render_views(method, cams[index])[0]
         path = Path(out_dir) / submission_name(entry, view)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.partial.png")
-        write_png(tmp, image)
+        write_png(tmp, image.numpy())
         os.replace(tmp, path)
         written.append(path)
     return written
@@ -189,10 +172,12 @@ def write_submission(
     work_dir: PathLike | None = None,
     lighting: int = EVAL_LIGHTING,
     progress: bool = True,
+    trainer: Any = None,
 ) -> SubmissionSummary:
     """Render every scene of the split (or ``scenes``) into ``work_dir`` and zip them into ``out_zip``.
 
-    ``method_factory`` is called once per scene and must return a fresh :class:`NovelViewMethod`.
+    ``method_factory`` is called once per scene and must return a fresh :class:`SceneMethod`; ``trainer`` holds
+    the per-scene loop options (see :func:`render_scene`).
     """
     root = Path(data_root)
     if not root.is_dir():
@@ -204,8 +189,7 @@ def write_submission(
         if scene_is_rendered(work, entry, width, height):
             summary.skipped.append(name)
             continue
-        render_scene(method_factory, root, entry, work, width, height, calibration_dir, lighting,
-                     state_dir=work / STATE_DIR / name)
+        render_scene(method_factory, root, entry, work, width, height, calibration_dir, lighting, trainer)
         summary.rendered.append(name)
     if summary.skipped:
         log.info("skipped %d scene(s) already rendered in %s: %s", len(summary.skipped), work, summary.skipped)

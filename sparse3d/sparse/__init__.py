@@ -1,11 +1,13 @@
 """Sparse-voxel core: the tensor type, its layers and the kernel operations every pipeline shares."""
 
 from sparse3d.kernels.hashmap import VoxelHashTable, unique_keys_with_inverse
-from sparse3d.kernels.kernel_map import KernelMap, inverse_map, strided_map, submanifold_map
+from sparse3d.kernels.kernel_map import inverse_map, strided_map, submanifold_map
+from sparse3d.kernels.kernel_map_types import KernelMap
 from sparse3d.kernels.segment import segment_count, segment_max, segment_mean, segment_sum
 from sparse3d.kernels.set_partition import dsvt_stage_partitions, dynamic_set_partition, window_partition
 from sparse3d.kernels.sparse_conv import sparse_conv
-from sparse3d.kernels.voxelize import Voxelization, grid_size_from_range, voxelize
+from sparse3d.kernels.voxelize import voxelize
+from sparse3d.kernels.voxelize_types import Voxelization, grid_size_from_range
 from sparse3d.sparse.nn import (
     SparseConv3d,
     SparseInverseConv3d,

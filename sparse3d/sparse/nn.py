@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sparse3d.kernels.kernel_map import KernelMap, inverse_map, strided_map, submanifold_map, triple
+from sparse3d.kernels.kernel_map import inverse_map, strided_map, submanifold_map
+from sparse3d.kernels.kernel_map_types import KernelMap, triple
 from sparse3d.kernels.sparse_conv import sparse_conv
 from sparse3d.sparse.tensor import SparseVoxelTensor
 

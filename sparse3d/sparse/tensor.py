@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from sparse3d.kernels.segment import segment_max, segment_mean
-from sparse3d.kernels.voxelize import Voxelization, voxelize
+from sparse3d.kernels.voxelize import voxelize
+from sparse3d.kernels.voxelize_types import Voxelization
 
 
 @dataclass

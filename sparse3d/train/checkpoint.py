@@ -101,6 +101,31 @@ def link_or_copy_atomic(src: Path, dst: Path) -> Path:
     return atomic_write(dst, write)
 
 
+def write_run_checkpoint(state: dict[str, Any], ckpt_dir: Path, step: int, periodic: bool, keep: int) -> Path:
+    """Save a run's checkpoint: ``step_XXXXXXX.ckpt`` and a refreshed ``last.ckpt`` when ``periodic`` (keeping the
+    newest ``keep`` step files, all when ``keep <= 0``), else ``last.ckpt`` alone. Returns ``last.ckpt``."""
+    last = ckpt_dir / LAST_NAME
+    if not periodic:
+        save_checkpoint(state, last)
+        return last
+    link_or_copy_atomic(save_checkpoint(state, ckpt_dir / step_checkpoint_name(step)), last)
+    if keep > 0:
+        for old in sorted(ckpt_dir.glob("step_*.ckpt"))[:-keep]:
+            old.unlink(missing_ok=True)
+    return last
+
+
+def plain_config(config: Any) -> dict[str, Any] | None:
+    """A resolved app config as plain containers (what checkpoints store so a run can be rebuilt)."""
+    if config is None:
+        return None
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(config, DictConfig):
+        return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+    return dict(config)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, with a clear error for wrong files."""
     ckpt_path = Path(path)

@@ -120,6 +120,12 @@ class ScalarWriter:
         for key, value in metrics.items():
             self._writer.add_scalar(f"{prefix}/{key}", value, global_step=step)
 
+    def add_image(self, tag: str, image: Any, step: int) -> None:
+        """An (H, W, 3) float image in [0, 1] (HWC, as sparse3d keeps images on the IO side)."""
+        if self._writer is None:
+            return
+        self._writer.add_image(tag, image, global_step=step, dataformats="HWC")
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()

@@ -37,20 +37,20 @@ from sparse3d.config_schema import TrainerConfig
 from sparse3d.train import distributed as D
 from sparse3d.train.checkpoint import (
     CHECKPOINT_DIR,
-    LAST_NAME,
     capture_rng_state,
-    link_or_copy_atomic,
     load_checkpoint,
+    plain_config,
     resolve_resume,
     restore_rng_state,
-    save_checkpoint,
     save_weights,
     step_checkpoint_name,
+    write_run_checkpoint,
 )
 from sparse3d.train.data import batches_per_epoch, build_epoch_loader, build_eval_loader
 from sparse3d.train.monitor import ProgressReporter, ScalarWriter
+from sparse3d.train.session import process_session
 from sparse3d.train.validation import is_scalar, run_validation
-from sparse3d.utils.device import move_to_device, resolve_device
+from sparse3d.utils.device import move_to_device
 from sparse3d.utils.errors import UserError
 from sparse3d.utils.seed import configure_determinism, seed_everything
 
@@ -108,10 +108,7 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.ckpt_dir = self.output_dir / CHECKPOINT_DIR
         self.runs_root = Path(runs_root) if runs_root is not None else self.output_dir.parent
-        if full_config is not None and isinstance(full_config, DictConfig):
-            self.full_config: dict[str, Any] | None = OmegaConf.to_container(full_config, resolve=True)  # type: ignore[assignment]
-        else:
-            self.full_config = dict(full_config) if full_config is not None else None
+        self.full_config = plain_config(full_config)
         self.history: deque[dict[str, float]] = deque(maxlen=HISTORY_LIMIT)
         self.resumed_from: Path | None = None
         self.step = 0
@@ -150,17 +147,13 @@ class Trainer:
         called with the optimizer and stepped after every optimizer step. ``resume``: ``False``, ``True``
         (newest earlier run under ``runs_root``), or a checkpoint file / run directory.
         """
-        env = D.dist_info_from_env()
-        self.device = resolve_device(self.cfg.device, env.local_rank if env.enabled else None)
-        owns_group = env.enabled and not (torch.distributed.is_available() and torch.distributed.is_initialized())
-        self.dist = D.init_distributed(self.device.type)
-        try:
-            return self._fit(model, train_dataset, val_dataset, collate_fn, optimizer, scheduler,
-                             int(batch_size), int(num_workers), resume)
-        finally:
-            self._writer.close()
-            if owns_group:
-                D.destroy_distributed()
+        with process_session(self.cfg.device) as session:
+            self.device, self.dist = session.device, session.dist
+            try:
+                return self._fit(model, train_dataset, val_dataset, collate_fn, optimizer, scheduler,
+                                 int(batch_size), int(num_workers), resume)
+            finally:
+                self._writer.close()
 
     # ------------------------------------------------------------------------------------- internals
 
@@ -465,23 +458,9 @@ class Trainer:
         if self.dist.is_main:
             state = self._training_state()
             state["rng"] = rng_states
-            last = self.ckpt_dir / LAST_NAME
-            if periodic:
-                step_file = save_checkpoint(state, self.ckpt_dir / step_checkpoint_name(self.step))
-                link_or_copy_atomic(step_file, last)
-                self._prune_step_checkpoints()
-            else:
-                save_checkpoint(state, last)
+            last = write_run_checkpoint(state, self.ckpt_dir, self.step, periodic, int(self.cfg.ckpt_keep))
             log.info("saved checkpoint %s", last if not periodic else step_checkpoint_name(self.step))
         D.barrier()
-
-    def _prune_step_checkpoints(self) -> None:
-        keep = int(self.cfg.ckpt_keep)
-        if keep <= 0:
-            return
-        files = sorted(self.ckpt_dir.glob("step_*.ckpt"))
-        for old in files[:-keep]:
-            old.unlink(missing_ok=True)
 
     def _load_training_state(self, path: Path) -> None:
         assert self.model is not None and self.optimizer is not None
@@ -526,21 +505,22 @@ def evaluate(
     seed: int = 0,
 ) -> dict[str, float]:
     """Run the validation protocol over ``dataset`` outside training (``sparse3d-eval``)."""
-    dev = resolve_device(device)
-    use_amp = bool(amp) and dev.type == "cuda"
-    if amp and not use_amp:
-        log.warning("amp=true ignored: mixed precision is only used on CUDA (device is %s)", dev)
-    dtype = torch.bfloat16 if str(amp_dtype) in {"bfloat16", "bf16"} else torch.float16
-    model.to(dev)
-    loader = build_eval_loader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
-        pin_memory=dev.type == "cuda", seed=seed,
-    )
+    with process_session(device) as session:
+        dev = session.device
+        use_amp = bool(amp) and dev.type == "cuda"
+        if amp and not use_amp:
+            log.warning("amp=true ignored: mixed precision is only used on CUDA (device is %s)", dev)
+        dtype = torch.bfloat16 if str(amp_dtype) in {"bfloat16", "bf16"} else torch.float16
+        model.to(dev)
+        loader = build_eval_loader(
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+            pin_memory=dev.type == "cuda", seed=seed,
+        )
 
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device_type=dev.type, dtype=dtype) if use_amp else contextlib.nullcontext()
+        def autocast() -> contextlib.AbstractContextManager:
+            return torch.autocast(device_type=dev.type, dtype=dtype) if use_amp else contextlib.nullcontext()
 
-    metrics = run_validation(model, loader, dev, autocast=autocast)
+        metrics = run_validation(model, loader, dev, autocast=autocast)
     for key, value in metrics.items():
         if math.isnan(value):
             log.warning("metric %s is NaN", key)

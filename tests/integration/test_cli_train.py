@@ -79,7 +79,7 @@ def test_eval_reproduces_validation_metrics(run_cli: RunCli, toy_run: dict[str, 
     result = _ok(run_cli(["sparse3d-eval", f"ckpt_path={toy_run['run_dir']}", f"paths.output_root={out}"]))
     eval_dir = _only_child(out / "eval" / "toy")
     results = json.loads((eval_dir / "results.json").read_text())
-    assert results["task"] == "segmentation" and results["step"] == 8 and results["num_samples"] == 16
+    assert results["evaluator"] == "validation" and results["step"] == 8 and results["num_samples"] == 16
     assert results["metrics"]["mse"] == pytest.approx(toy_run["summary"]["validation"]["mse"], rel=1e-6)
     assert "mse" in result.stdout
 

@@ -1,4 +1,4 @@
-"""``sparse3d-eval task=render`` end to end on a hand-built SpaRe-layout data root.
+"""``sparse3d-eval evaluator=render`` end to end on a hand-built SpaRe-layout data root.
 
 The data root, split and predictions are written here with ``sparse3d.io.images.write_png`` and the
 reader's naming helpers (no scene generator): two DTU scenes (one with masks, one without; one empty mask)
@@ -33,7 +33,7 @@ from sparse3d.io.spare import (
     write_split,
 )
 from sparse3d.metrics import image as M
-from sparse3d.metrics.rendering import evaluate_rendering
+from sparse3d.spare.evaluation import evaluate_rendering
 from sparse3d.utils.errors import UserError
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
@@ -144,7 +144,7 @@ def _run_eval(
     return run_cli(
         [
             "sparse3d-eval",
-            "task=render",
+            "evaluator=render",
             f"pred={pred}",
             f"data_root={bench['data']}",
             f"split={bench['split']}",
@@ -348,13 +348,23 @@ def test_size_mismatch_and_layout_errors(
         evaluate_rendering(bench["preds"], bench["data"], bench["split"], lpips_backbone=tmp_path / "x.pth")
 
 
-def test_render_task_requires_its_inputs(hydra_compose: Callable[..., Any], tmp_path: Path) -> None:
-    """task=render needs pred, data_root and split (not ckpt_path); the message says which one is missing."""
-    from sparse3d.cli.eval import run_eval
+def test_render_evaluator_requires_its_inputs(hydra_compose: Callable[..., Any], tmp_path: Path) -> None:
+    """evaluator=render needs pred, data_root and split (not ckpt_path); the message says which one is missing."""
+    from hydra.errors import ConfigCompositionException, InstantiationException
+    from hydra.utils import instantiate
 
-    cfg = hydra_compose("eval", ["task=render", f"pred={tmp_path}", f"paths.output_root={tmp_path}"])
-    with pytest.raises(UserError, match="task=render needs data_root="):
-        run_eval(cfg)
-    cfg = hydra_compose("eval", ["task=nope", f"paths.output_root={tmp_path}"])
-    with pytest.raises(UserError, match="available: render, segmentation"):
-        run_eval(cfg)
+    cfg = hydra_compose("eval", ["evaluator=render", f"pred={tmp_path}", f"paths.output_root={tmp_path}"])
+    with pytest.raises(InstantiationException) as info:
+        instantiate(cfg.evaluator)
+    assert isinstance(info.value.__cause__, UserError) and "evaluator=render needs data_root=" in str(info.value.__cause__)
+    with pytest.raises(ConfigCompositionException, match="evaluator"):
+        hydra_compose("eval", ["evaluator=nope", f"paths.output_root={tmp_path}"])
+
+
+def test_deprecated_task_spelling_still_works(run_cli: RunCli, bench: dict[str, Any], tmp_path: Path) -> None:
+    result = run_cli(["sparse3d-eval", "task=render", f"pred={bench['preds']}", f"data_root={bench['data']}",
+                      f"split={bench['split']}", f"paths.output_root={tmp_path}", "progress=false", "device=cpu"])
+    assert result.returncode == 0, result.stderr
+    assert "`task=render` is deprecated" in result.stderr and "use `evaluator=render`" in result.stderr
+    assert (_run_dir(tmp_path) / "results.json").is_file()
+

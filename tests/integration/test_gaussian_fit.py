@@ -23,11 +23,20 @@ from sparse3d.models.splatting.gaussians import (
     DEFAULT_LRS,
     SH_C0,
     GaussianModel,
-    fit_step,
     knn_mean_distance,
     make_adam,
     rgb_to_sh0,
 )
+
+
+def _l1_step(model: GaussianModel, opt: torch.optim.Optimizer, cams: Cameras, images: torch.Tensor) -> float:
+    """One Adam step on the L1 loss of all ``cams`` at once (the rasterizer's gradients, nothing else)."""
+    opt.zero_grad(set_to_none=True)
+    rendered, _ = model.render(cams)
+    loss = (rendered - images).abs().mean()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 # ----------------------------------------------------------------------------------------------- fast tests
@@ -77,12 +86,10 @@ def test_adam_groups_use_3dgs_rates_and_a_step_lowers_the_loss() -> None:
     cams = Cameras(K=K, viewmat=torch.eye(4)[None], width=32, height=32)
     target = torch.zeros(1, 32, 32, 3)
     target[..., 0] = 1.0  # red everywhere: the grey Gaussians must turn red
-    losses = [fit_step(model, opt, cams, target) for _ in range(15)]
+    losses = [_l1_step(model, opt, cams, target) for _ in range(15)]
     assert losses[-1] < losses[0]
     sh0 = model.sh0.detach()
     assert float(sh0[:, 0, 0].min()) > 0 > float(sh0[:, 0, 1].max())
-    with pytest.raises(ValueError, match="images must be"):
-        fit_step(model, opt, cams, target[:, :16])
 
 
 # ----------------------------------------------------------------------------------------------- the fit
@@ -132,7 +139,7 @@ def test_fit_20k_gaussians_to_four_raycast_views() -> None:
     with torch.no_grad():
         start = psnr(model.render(cams)[0], targets)
     for _ in range(250):
-        fit_step(model, opt, cams, targets)
+        _l1_step(model, opt, cams, targets)
     with torch.no_grad():
         end = psnr(model.render(cams)[0], targets)
     assert float(end.mean()) > 25.0, f"training-view PSNR {end.tolist()} (start {start.tolist()})"

@@ -132,7 +132,8 @@ def test_multirun_per_scene_then_collect(run_cli: Callable, data_root: Path, tmp
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
     for job, scene in zip(jobs, scenes):
-        assert [p.name for p in (job / "render").iterdir()] == [scene]  # each job renders only its scene
+        assert [p.name for p in (job / "render").iterdir() if p.name != ".method_state"] == [scene]  # its scene only
+        assert [p.name for p in (job / "render" / ".method_state").iterdir()] == [scene]  # fitted by the shared loop
         assert (job / "results.json").is_file()
     res = run_cli(["sparse3d-spare", "collect", f"runs={sweep}", *_common(tmp_path)])
     assert res.returncode == 0, res.stdout + res.stderr

@@ -23,9 +23,12 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sparse3d.cli._hydra import prepare_data, rewrite_positional_group
-from sparse3d.cli.eval import merge_saved_config
-from sparse3d.config_schema import TrainerConfig
+from sparse3d.cli._hydra import rewrite_positional_group
+from sparse3d.config_schema import SceneTrainerConfig, TrainerConfig
+from sparse3d.train.data_spec import DataSpec
+from sparse3d.train.evaluators import merge_saved_config
+from sparse3d.train.scene_trainer import method_factory
+from sparse3d.views import SceneViews
 
 Compose = Callable[..., DictConfig]
 
@@ -34,6 +37,7 @@ PRIMARY_CONFIGS = sorted(p.name[: -len(".yaml")] for p in CONFIG_ROOT.iterdir() 
 EXPERIMENTS = sorted(
     p.name[: -len(".yaml")] for p in CONFIG_ROOT.joinpath("experiment").iterdir() if p.name.endswith(".yaml")
 )
+METHODS = sorted(p.name[: -len(".yaml")] for p in CONFIG_ROOT.joinpath("method").iterdir() if p.name.endswith(".yaml"))
 
 
 def _group_options(group: str) -> list[str]:
@@ -48,7 +52,7 @@ def _shrink_generator(node: DictConfig) -> None:
     """Make a data generator tiny for tests, touching only arguments its target actually takes."""
     params = inspect.signature(get_method(node._target_)).parameters
     small = {"num_scenes": 3, "val_scenes": 1, "num_beams": 8, "points_per_beam": 256, "progress": False,
-             "num_samples": 8, "val_samples": 4}
+             "num_samples": 8, "val_samples": 4, "width": 64, "height": 48}
     with open_dict(node):
         for key, value in small.items():
             if key in params:
@@ -57,16 +61,18 @@ def _shrink_generator(node: DictConfig) -> None:
 
 def test_expected_primary_configs_are_packaged() -> None:
     assert {"train", "eval", "data", "bench"} <= set(PRIMARY_CONFIGS)
-    assert "quickstart" in EXPERIMENTS
-    for group in ("model", "data", "trainer", "paths", "hydra", "optimizer", "scheduler", "generator"):
+    assert {"quickstart", "gs3d_spare"} <= set(EXPERIMENTS)
+    assert {"gs3d", "reprojection"} <= set(METHODS)
+    for group in ("model", "method", "data", "trainer", "paths", "hydra", "optimizer", "scheduler", "generator",
+                  "evaluator", "suite"):
         assert _group_options(group), f"config group {group}/ is empty"
 
 
 def test_importing_config_package_registers_schemas() -> None:
     importlib.import_module("sparse3d.configs")
     repo = ConfigStore.instance().repo
-    assert "train_schema.yaml" in repo and "eval_schema.yaml" in repo
-    assert "base_trainer.yaml" in repo["trainer"] and "base_paths.yaml" in repo["paths"]
+    assert "train_schema.yaml" in repo
+    assert {"base_trainer.yaml", "base_scene_trainer.yaml"} <= set(repo["trainer"]) and "base_paths.yaml" in repo["paths"]
     for name in ("sparse3d.run_stamp", "sparse3d.rank_suffix", "sparse3d.rank_zero_or_null", "sparse3d.cwd"):
         assert OmegaConf.has_resolver(name)
 
@@ -91,16 +97,28 @@ def test_primary_config_composes_and_resolves(hydra_compose: Compose, config_nam
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(hydra_compose: Compose, experiment: str, tmp_path: Path) -> None:
-    """Compose the experiment, generate its (tiny) data, build datasets and model, run one training step."""
+    """Compose the experiment, generate its (tiny) data, build data and model or method, take one step."""
     cfg = hydra_compose("train", [f"experiment={experiment}", *_local_overrides(tmp_path)])
     assert cfg.experiment_name == experiment
-    TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))  # values fit the schema
+    assert (cfg.get("model") is None) != (cfg.get("method") is None), "an experiment names a model or a method"
     if cfg.data.get("generator") is not None:
         _shrink_generator(cfg.data.generator)
-    prepare_data(cfg.data)
-    train_ds = instantiate(cfg.data.train, _convert_="all")
-    val_ds = instantiate(cfg.data.val, _convert_="all") if cfg.data.get("val") is not None else None
-    collate = instantiate(cfg.data.collate_fn) if cfg.data.get("collate_fn") is not None else None
+    data = DataSpec.from_config(cfg.data)
+    data.prepare()
+    if cfg.get("method") is not None:
+        SceneTrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))  # values fit the schema
+        scene = data.build_scene()
+        assert isinstance(scene, SceneViews) and len(scene.inputs) > 0
+        method = method_factory(cfg.method)()
+        torch.manual_seed(0)
+        method.setup(scene.inputs, max(1, method.default_steps))
+        if method.default_steps > 0:
+            assert torch.isfinite(torch.tensor(method.training_step(0)["loss"]))
+        image = method.render(scene.inputs.cameras[0])
+        assert image.shape == (1, scene.inputs.cameras.height, scene.inputs.cameras.width, 3)
+        return
+    TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))  # values fit the schema
+    train_ds, val_ds, collate = data.build_train(), data.build_val(), data.build_collate()
     model = instantiate(cfg.model, _convert_="all")
     assert len(train_ds) > 0
     assert val_ds is None or len(val_ds) > 0
@@ -114,12 +132,25 @@ def test_experiment_composes_and_instantiates(hydra_compose: Compose, experiment
     assert any(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("group", ["model", "data", "trainer", "optimizer", "scheduler"])
+@pytest.mark.parametrize("method", METHODS)
+def test_method_config_builds_a_fresh_scene_method_per_call(hydra_compose: Compose, method: str, tmp_path: Path) -> None:
+    cfg = hydra_compose("train", ["experiment=gs3d_spare", f"method={method}", *_local_overrides(tmp_path)])
+    factory = method_factory(cfg.method)
+    first, second = factory(), factory()
+    assert first is not second
+    for name in ("setup", "training_step", "render", "state_dict", "load_state_dict", "export"):
+        assert callable(getattr(first, name)), f"{method} has no {name}()"
+    assert isinstance(first.default_steps, int) and first.default_steps >= 0
+
+
+@pytest.mark.parametrize("group", ["model", "method", "data", "trainer", "optimizer", "scheduler"])
 def test_every_group_option_composes(hydra_compose: Compose, group: str, tmp_path: Path) -> None:
     for option in _group_options(group):
         if option.startswith("base_"):
             continue
-        cfg = hydra_compose("train", [f"{group}={option}", *_local_overrides(tmp_path)])
+        # per-scene options go with a per-scene experiment (quickstart sets dataset-trainer keys)
+        per_scene = ["experiment=gs3d_spare"] if (group, option) in {("trainer", "scene"), ("data", "spare_scene")} else []
+        cfg = hydra_compose("train", [*per_scene, f"{group}={option}", *_local_overrides(tmp_path)])
         node = cfg[group]
         OmegaConf.to_container(node, resolve=True)
         if group in ("optimizer", "scheduler"):
@@ -161,10 +192,10 @@ def test_values_are_coerced_to_schema_types(hydra_compose: Compose) -> None:
 def test_default_experiment_is_quickstart(hydra_compose: Compose) -> None:
     cfg = hydra_compose("train")
     assert cfg.experiment_name == "quickstart"
-    assert cfg.model._target_.endswith("SparseUNetSegmenter")
+    assert cfg.model._target_.endswith("SegmentationTask")
     assert cfg.data.root.endswith("synthetic_lidar")
     assert cfg.trainer.max_steps <= 500  # the demo must stay around a minute on 2 CPU cores
-    assert cfg.model.num_classes == cfg.data.num_classes
+    assert cfg.model.head.num_classes == cfg.data.num_classes == cfg.model.metrics.num_classes
 
 
 def test_output_root_from_environment(hydra_compose: Compose, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -209,8 +240,8 @@ def test_eval_experiment_name_comes_from_the_run(hydra_compose: Compose, tmp_pat
     assert cfg.experiment_name == "myexp"
     assert hydra_compose("eval", [f"ckpt_path={run}"]).experiment_name == "myexp"
     assert hydra_compose("eval", ["ckpt_path=/does/not/exist.ckpt"]).experiment_name == "default"
-    assert hydra_compose("eval", ["task=render", "pred=/p", "data_root=/d", "split=s.json"]).experiment_name == "render"
-    assert OmegaConf.is_missing(hydra_compose("eval"), "ckpt_path")
+    assert hydra_compose("eval", ["evaluator=render", "pred=/p", "data_root=/d", "split=s.json"]).experiment_name == "render"
+    assert hydra_compose("eval").ckpt_path is None  # required by the validation evaluator, which says so
 
 
 def test_eval_merges_overrides_onto_saved_config(hydra_compose: Compose, tmp_path: Path) -> None:
@@ -219,13 +250,14 @@ def test_eval_merges_overrides_onto_saved_config(hydra_compose: Compose, tmp_pat
         "data": {"root": "/saved/data", "val": {"_target_": "pkg.Data", "root": "/saved/data"}, "batch_size": 4},
     }
     cfg = hydra_compose("eval", ["ckpt_path=/x", "++model.width=16", "++data.batch_size=1"])
-    merged = merge_saved_config(saved, cfg)
+    merged = merge_saved_config(saved, {"model": cfg.model, "data": cfg.data}, cfg.paths)
     assert merged.model == {"_target_": "pkg.Model", "width": 16, "depth": 2}
     assert merged.data.batch_size == 1 and merged.data.root == "/saved/data"
     # a different _target_ replaces the saved node; its interpolations resolve against the merged config
     cfg = hydra_compose("eval", ["ckpt_path=/x", "model=sparse_unet", *_local_overrides(tmp_path)])
-    merged = merge_saved_config({**saved, "data": {**saved["data"], "num_classes": 3, "point_range": [0, 0, 0, 1, 1, 1]}}, cfg)
-    assert merged.model._target_.endswith("SparseUNetSegmenter") and merged.model.num_classes == 3
+    merged = merge_saved_config({**saved, "data": {**saved["data"], "num_classes": 3, "point_range": [0, 0, 0, 1, 1, 1]}},
+                                {"model": cfg.model, "data": cfg.data}, cfg.paths)
+    assert merged.model._target_.endswith("SegmentationTask") and merged.model.head.num_classes == 3
     assert "depth" not in merged.model
 
 

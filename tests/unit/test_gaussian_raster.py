@@ -15,12 +15,13 @@ import math
 import pytest
 import torch
 
+from sparse3d.kernels import gaussian_composite as KC
 from sparse3d.kernels import gaussian_projection as KP
-from sparse3d.kernels import gaussian_raster as K
+from sparse3d.kernels import gaussian_tiles as KT
+from sparse3d.kernels.gaussian_projection import project_gaussians
 from sparse3d.kernels.reference import gaussian_raster as R
 from sparse3d.kernels.runtime import serial_torch_ops
 from sparse3d.render import rasterize_gaussians
-from sparse3d.render.gaussians import project_gaussians
 
 W, H = 37, 29  # partial edge tiles with 16x16 tiles (3 x 2 grid)
 
@@ -261,11 +262,11 @@ def test_gradients_match_reference(seed: int, n_cams: int, sh_degree, mode: str)
 
 @pytest.mark.parametrize("mode", ["RGB", "RGB+D"])
 def test_wide_feature_images_match_reference(mode: str) -> None:
-    """Feature images wider than the unrolled channel count (K.LOCAL_CH) take the kernels' generic channel
+    """Feature images wider than the unrolled channel count (KC.LOCAL_CH) take the kernels' generic channel
     loop: values, alpha and every gradient (backgrounds included) still match the oracle."""
     scene = _scene(8)
     g = torch.Generator().manual_seed(8)
-    n_feat = int(K.LOCAL_CH) + 2
+    n_feat = int(KC.LOCAL_CH) + 2
     scene["colors"] = torch.rand(scene["means"].shape[0], n_feat, generator=g)
     bg = torch.rand(2, n_feat, generator=g)
     vm, Ks = _cameras(2)
@@ -318,7 +319,7 @@ def test_cpu_partitioning_does_not_change_results(monkeypatch) -> None:
     vm, Ks = _cameras(2)
     results = []
     for parts in (1, 2, 3):
-        monkeypatch.setattr(K, "cpu_threads", lambda p=parts: p)
+        monkeypatch.setattr(KC, "cpu_threads", lambda p=parts: p)
         params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
         img, alpha, _ = _render(params, vm, Ks)
         (img.square().sum() + alpha.sum()).backward()
@@ -337,8 +338,8 @@ def test_torch_glue_runs_serial_and_the_thread_count_comes_back(monkeypatch) -> 
     try:
         seen: list[int] = []
         for name in ("rasterize_to_pixels_fwd", "rasterize_to_pixels_bwd"):
-            real = getattr(K, name)
-            monkeypatch.setattr(K, name, lambda *a, _f=real, **k: seen.append(torch.get_num_threads()) or _f(*a, **k))
+            real = getattr(KC, name)
+            monkeypatch.setattr(KC, name, lambda *a, _f=real, **k: seen.append(torch.get_num_threads()) or _f(*a, **k))
         params = {k: v.clone().requires_grad_(True) for k, v in _scene(4).items()}
         img, alpha, _ = _render(params, *_cameras(1))
         assert torch.get_num_threads() == 2
@@ -375,8 +376,8 @@ def test_compositing_kernels_on_raw_2d_gaussians() -> None:
     opac = torch.rand(c_n, n, generator=g)
     opac[0, 1] = 1.0
     colors = torch.rand(c_n, n, 4, generator=g)
-    isect = K.intersect_tiles(means2d, radii, depths, 16, 3, 2)
-    out = K.rasterize_to_pixels_fwd(means2d, conics, colors, opac, depths, None, isect.isect_offsets,
+    isect = KT.intersect_tiles(means2d, radii, depths, 16, 3, 2)
+    out = KC.rasterize_to_pixels_fwd(means2d, conics, colors, opac, depths, None, isect.isect_offsets,
                                     isect.flatten_ids, W, H, 16)
     ref = R.rasterize_pixels(means2d.double(), conics.double(), colors.double(), opac.double(), depths.double(),
                              radii, W, H, 16)
@@ -388,13 +389,13 @@ def test_compositing_kernels_on_raw_2d_gaussians() -> None:
     v_c, v_a = torch.rand(c_n, H, W, 4, generator=g), torch.rand(c_n, H, W, 1, generator=g)
     args = (means2d, conics, colors, opac, None, isect.isect_offsets, isect.flatten_ids, W, H, 16,
             out.transmittance, out.last_ids, v_c, v_a, True)
-    rebuilt = K.rasterize_to_pixels_bwd(*args)
-    reused = K.rasterize_to_pixels_bwd(*args, records=out.records)
+    rebuilt = KC.rasterize_to_pixels_bwd(*args)
+    reused = KC.rasterize_to_pixels_bwd(*args, records=out.records)
     assert float(rebuilt[0].abs().sum()) > 0
     for a, b in zip(rebuilt, reused):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="records must have shape"):
-        K.rasterize_to_pixels_bwd(*args, records=out.records[:, :8])
+        KC.rasterize_to_pixels_bwd(*args, records=out.records[:, :8])
 
 
 # ------------------------------------------------------------------------------------------ intersections
@@ -410,10 +411,10 @@ def test_sort_keys_use_float_bits_on_adversarial_depths() -> None:
     radii = torch.tensor([[3, 3], [10, 4], [20, 20], [5, 5], [2, 2], [30, 3], [1, 1]], dtype=torch.int32)
     radii = radii.repeat(2, 1, 1)
     radii[1, 3] = 0  # culled in camera 1
-    isect = K.intersect_tiles(means2d, radii, depths, 16, 4, 3)
+    isect = KT.intersect_tiles(means2d, radii, depths, 16, 4, 3)
     keys, ids = isect.isect_ids, isect.flatten_ids.long()
     assert torch.equal(keys, torch.sort(keys).values)
-    tile_bits = K.tile_bits_for(12)
+    tile_bits = KT.tile_bits_for(12)
     cam = keys >> (32 + tile_bits)
     tile = (keys >> 32) & ((1 << tile_bits) - 1)
     assert torch.equal(cam, ids // n)
@@ -445,7 +446,7 @@ def test_sort_keys_use_float_bits_on_adversarial_depths() -> None:
 
 def test_tile_offsets_with_empty_leading_and_trailing_tiles() -> None:
     keys = torch.tensor([(0 << 36) | (5 << 32) | 7, (0 << 36) | (5 << 32) | 9, (1 << 36) | (2 << 32) | 1])
-    offsets = K.tile_offsets(keys, 2, 4, 2)  # 8 tiles -> tile_bits 4
+    offsets = KT.tile_offsets(keys, 2, 4, 2)  # 8 tiles -> tile_bits 4
     assert offsets.reshape(-1).tolist() == [0] * 6 + [2] * 5 + [3] * 5
 
 
@@ -490,6 +491,66 @@ def test_validation_errors_name_the_argument(name: str, value, extra) -> None:
     args[name] = value
     with pytest.raises(ValueError, match=name):
         rasterize_gaussians(**args)
+
+
+GSPLAT_POSITIONAL = ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks", "width", "height",
+                     "near_plane", "far_plane", "radius_clip", "eps2d", "sh_degree")
+GSPLAT_DEFAULTS = {"near_plane": 0.01, "far_plane": 1e10, "radius_clip": 0.0, "eps2d": 0.3, "sh_degree": None,
+                   "tile_size": 16, "backgrounds": None, "render_mode": "RGB", "absgrad": False,
+                   "rasterize_mode": "classic"}
+"""gsplat 1.5.3 ``rasterization``: its first 14 positions and the defaults of the options we share."""
+
+
+def test_one_signature_shared_and_gsplat_compatible() -> None:
+    """The front-end, the oracle and the torch-tiles peer take RasterizeArgs' fields in order with its defaults;
+    the front-end's names, positions and defaults are gsplat's (checked against an installed gsplat too)."""
+    import inspect
+
+    from sparse3d.bench.torch_tiles import rasterize_torch_tiles
+    from sparse3d.kernels.gaussian_args import RasterizeArgs
+
+    def params(fn) -> list[tuple[str, object, object]]:
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    fields = params(R.rasterize_gaussians)
+    assert [name for name, _, _ in fields] == list(RasterizeArgs._fields)
+    assert params(rasterize_torch_tiles) == fields
+    ours = inspect.signature(rasterize_gaussians).parameters
+    assert params(rasterize_gaussians)[: len(fields)] == fields
+    assert list(ours)[len(fields) :] == ["absgrad", "backend"]
+    assert tuple(ours)[: len(GSPLAT_POSITIONAL)] == GSPLAT_POSITIONAL
+    assert {k: ours[k].default for k in GSPLAT_DEFAULTS} == GSPLAT_DEFAULTS
+    try:
+        import gsplat
+    except Exception:  # noqa: BLE001 -- any import failure means there is no gsplat to compare with
+        gsplat = None
+    if gsplat is not None:
+        theirs = inspect.signature(gsplat.rasterization).parameters
+        assert tuple(theirs)[: len(GSPLAT_POSITIONAL)] == GSPLAT_POSITIONAL
+        shared = [k for k in ours if k != "backend"]
+        assert {k: theirs[k].default for k in shared} == {k: ours[k].default for k in shared}
+    # Calls bind as for a plain function: positionally, by keyword, and TypeError on a wrong call.
+    args = _args()
+    by_kw, _, _ = rasterize_gaussians(**args, tile_size=8, backend="warp")
+    by_pos, _, _ = rasterize_gaussians(*args.values(), 0.01, 1e10, 0.0, 0.3, None, None, "RGB", "classic", 8, False,
+                                       "warp")
+    assert torch.equal(by_kw, by_pos)
+    with pytest.raises(TypeError):
+        rasterize_gaussians(**args, bogus=1)
+    with pytest.raises(TypeError):
+        rasterize_gaussians(*args.values(), width=W)
+    with pytest.raises(TypeError):
+        R.rasterize_gaussians(**args, backend="warp")
+
+
+def test_references_import_only_torch() -> None:
+    """The oracle and the torch-tiles peer run without Warp: neither imports it, even indirectly."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sparse3d.kernels.reference.gaussian_raster, sparse3d.bench.torch_tiles; "
+            "sys.exit('warp' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
 def test_backend_selection() -> None:
@@ -574,7 +635,7 @@ def test_non_contiguous_inputs() -> None:
 
 def test_sh_and_projection_match_gsplat_torch_impl() -> None:
     impl = pytest.importorskip("gsplat.cuda._torch_impl", reason="gsplat not installed")
-    from sparse3d.render.gaussians import eval_sh_colors
+    from sparse3d.kernels.gaussian_sh import eval_sh_colors
 
     g = torch.Generator().manual_seed(3)
     coeffs, dirs = torch.randn(300, 16, 3, generator=g), torch.randn(300, 3, generator=g)

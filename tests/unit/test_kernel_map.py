@@ -11,6 +11,7 @@ import torch
 import sparse3d.kernels.runtime as runtime
 from sparse3d.kernels import kernel_map as KM
 from sparse3d.kernels.hashmap import VoxelHashTable
+from sparse3d.kernels.kernel_map_types import KernelMap, conv_output_grid, kernel_offsets, triple
 from sparse3d.kernels.reference import kernel_map as R
 
 
@@ -27,7 +28,7 @@ def random_coords(n: int, grid: tuple[int, int, int], batches: list[int], seed: 
     return torch.stack([b, z, y, x], dim=1).to(torch.int32)
 
 
-def assert_maps_equal(a: KM.KernelMap, b: KM.KernelMap) -> None:
+def assert_maps_equal(a: KernelMap, b: KernelMap) -> None:
     assert tuple(a.out_grid) == tuple(b.out_grid)
     for name in ("out_coords", "nbr", "nbr_t"):
         ta, tb = getattr(a, name), getattr(b, name)
@@ -47,10 +48,10 @@ def dense_transpose(nbr: torch.Tensor, m_in: int) -> torch.Tensor:
     return torch.tensor(t, dtype=torch.int32).reshape(m_in, nbr.shape[1])
 
 
-def check_geometry(km: KM.KernelMap, in_coords, ks, stride, padding, dilation) -> None:
+def check_geometry(km: KernelMap, in_coords, ks, stride, padding, dilation) -> None:
     """nbr[o, k] = i  =>  same batch and in.zyx == out.zyx * stride - padding + offset_k * dilation."""
-    ks, st, pad, dil = (torch.tensor(KM.triple(v, "v")) for v in (ks, stride, padding, dilation))
-    offs = KM.kernel_offsets(tuple(ks.tolist()), torch.device("cpu")).long()
+    ks, st, pad, dil = (torch.tensor(triple(v, "v")) for v in (ks, stride, padding, dilation))
+    offs = kernel_offsets(tuple(ks.tolist()), torch.device("cpu")).long()
     o, k = torch.nonzero(km.nbr >= 0, as_tuple=True)
     i = km.nbr[o, k].long()
     oc, ic = km.out_coords[o].long(), in_coords[i].long()
@@ -58,15 +59,15 @@ def check_geometry(km: KM.KernelMap, in_coords, ks, stride, padding, dilation) -
     assert torch.equal(ic[:, 1:], oc[:, 1:] * st - pad + offs[k] * dil)
 
 
-def check_submanifold_properties(km: KM.KernelMap, coords, ks, dilation) -> None:
-    kt = KM.triple(ks, "k")
+def check_submanifold_properties(km: KernelMap, coords, ks, dilation) -> None:
+    kt = triple(ks, "k")
     m, K = coords.shape[0], kt[0] * kt[1] * kt[2]
     assert km.nbr.shape == (m, K) and km.nbr_t.shape == (m, K)
     assert torch.equal(km.out_coords, coords)
     centre = (kt[0] // 2) * kt[1] * kt[2] + (kt[1] // 2) * kt[2] + kt[2] // 2
     assert torch.equal(km.nbr[:, centre], torch.arange(m, dtype=torch.int32))
     assert torch.equal(km.nbr_t, dense_transpose(km.nbr, m))
-    dt = KM.triple(dilation, "dilation")
+    dt = triple(dilation, "dilation")
     check_geometry(km, coords, ks, 1, tuple(k // 2 * d for k, d in zip(kt, dt)), dilation)
     # symmetric kernel: j is i's neighbour through offset k iff i is j's through the mirrored offset
     assert torch.equal(km.nbr.flip(1), km.nbr_t)
@@ -190,8 +191,8 @@ def test_strided_vs_reference(coords, ks, st, pad, dil):
     got = KM.strided_map(coords, GRID, ks, st, pad, dil)
     want = R.strided_map(coords, GRID, ks, st, pad, dil)
     assert_maps_equal(got, want)
-    kt, stt, pt, dt = (KM.triple(v, "v") for v in (ks, st, pad, dil))
-    assert got.out_grid == KM.conv_output_grid(GRID, kt, stt, pt, dt)
+    kt, stt, pt, dt = (triple(v, "v") for v in (ks, st, pad, dil))
+    assert got.out_grid == conv_output_grid(GRID, kt, stt, pt, dt)
     m_out, K = got.out_coords.shape[0], kt[0] * kt[1] * kt[2]
     assert got.nbr.shape == (m_out, K) and got.nbr_t.shape == (coords.shape[0], K)
     # properties: transpose, geometry, outputs sorted by (b, x, y, z) and unique, every output has an input

@@ -9,7 +9,8 @@ import torch
 
 from sparse3d.cameras import Cameras, look_at
 from sparse3d.models.baselines.reprojection import NearestViewReprojection, plane_homography, warp_to_target
-from sparse3d.render.interface import NovelViewMethod, PosedImages
+from sparse3d.train.scene_trainer import SceneMethod
+from sparse3d.views import PosedImages
 
 W, H, F = 96, 72, 80.0
 PLANE_Z = 5.0
@@ -69,8 +70,8 @@ def test_warp_reproduces_an_analytic_plane_render() -> None:
     far = _camera([-3.0, 0.5, 1.0], focus)
     target = _camera([0.0, 0.0, 0.0], focus)  # fronto-parallel to the plane: the plane *is* the object plane
     method = NearestViewReprojection()
-    assert isinstance(method, NovelViewMethod)
-    method.fit(_views(far, source))
+    assert isinstance(method, SceneMethod) and method.default_steps == 0
+    method.setup(_views(far, source))
     assert method.nearest_view(target) == 1
     out = method.render(target)
     assert out.shape == (1, H, W, 3) and out.dtype == torch.float32
@@ -82,7 +83,7 @@ def test_warp_reproduces_an_analytic_plane_render() -> None:
     assert np.all(out[0].numpy()[~_inside_source(plane_homography(source, target, np.array(focus)), -1.0)] == 0)
     # The same warp through a plane at the wrong depth is clearly worse: the test can tell depths apart.
     wrong = NearestViewReprojection(plane_point=[0.0, 0.0, PLANE_Z + 1.5])
-    wrong.fit(_views(far, source))
+    wrong.setup(_views(far, source))
     bad = np.abs(wrong.render(target)[0].numpy() - truth)[valid]
     assert bad.mean() > 5 * err.mean()
 
@@ -92,7 +93,7 @@ def test_identity_target_returns_the_input_exactly() -> None:
     a, b = _camera([0.8, -0.4, 0.3], focus), _camera([-1.0, 0.2, 0.5], focus)
     views = _views(a, b)
     method = NearestViewReprojection()
-    method.fit(views)
+    method.setup(views)
     out = method.render(views.cameras)
     assert torch.equal(out, views.images)
 
@@ -103,7 +104,7 @@ def test_resized_target_matches_bilinear_upsampling() -> None:
     a, b = _camera([0.8, -0.4, 0.3], focus), _camera([-1.0, 0.2, 0.5], focus)
     views = _views(a, b)
     method = NearestViewReprojection()
-    method.fit(views)
+    method.setup(views)
     big = method.render(a.resized(2 * W, 2 * H))[0].numpy()
     ref = cv2.resize(views.images[0].numpy(), (2 * W, 2 * H), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(big[2:-2, 2:-2], ref[2:-2, 2:-2], atol=2e-3)
@@ -120,10 +121,10 @@ def test_nearest_view_selection_and_tie_break() -> None:
     cams = [far, side_away, side_toward, near]
     batch = Cameras(K=torch.cat([c.K for c in cams]), viewmat=torch.cat([c.viewmat for c in cams]), width=W, height=H)
     method = NearestViewReprojection(plane_point=focus)
-    method.fit(PosedImages(images=images, cameras=batch))
+    method.setup(PosedImages(images=images, cameras=batch))
     assert method.nearest_view(target) == 3
     assert method.nearest_view(_camera([0.0, 2.5, 0.0], focus)) == 0
-    method.fit(PosedImages(images=images[:3], cameras=batch[[0, 1, 2]]))
+    method.setup(PosedImages(images=images[:3], cameras=batch[[0, 1, 2]]))
     assert method.nearest_view(target) == 2
     out = method.render(target)[0]
     assert torch.allclose(out[H // 2, W // 2], torch.full((3,), 0.3))  # rendered from the chosen view
@@ -131,13 +132,13 @@ def test_nearest_view_selection_and_tie_break() -> None:
 
 def test_errors() -> None:
     method = NearestViewReprojection()
-    with pytest.raises(RuntimeError, match="fit"):
+    with pytest.raises(RuntimeError, match="setup"):
         method.render(_camera([0.0, 0.0, 0.0], [0.0, 0.0, 1.0]))
     one = _views(_camera([0.0, 0.0, 0.0], [0.0, 0.0, PLANE_Z]))
     with pytest.raises(ValueError, match="plane_point"):
-        method.fit(one)
+        method.setup(one)
     method = NearestViewReprojection(plane_point=[0.0, 0.0, PLANE_Z])
-    method.fit(one)
+    method.setup(one)
     with pytest.raises(ValueError, match="not in front"):
         method.render(_camera([0.0, 0.0, 10.0], [0.0, 0.0, 20.0]))
 

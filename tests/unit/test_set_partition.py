@@ -1,7 +1,9 @@
-"""DSVT window / dynamic set partition: Warp kernels vs the torch oracle, plus properties of dsvt.md §12.1.
+"""DSVT window / dynamic set partition: Warp kernels vs the torch oracle, plus properties of the partition.
 
-The property checks are written in plain Python from the spec text (window key formula, paper Eq. 3 in float64,
-lexicographic orderings), so they test the reference as much as the kernels.
+DSVT: Wang et al., "DSVT: Dynamic Sparse Voxel Transformer with Rotated Sets", CVPR 2023 (official code
+``github.com/Haiyang-W/DSVT``). The property checks are written in plain Python from the paper and the official
+code (window key formula, paper Eq. 3 in float64, lexicographic orderings), so they test the reference as much
+as the kernels.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 import sparse3d.kernels.runtime as runtime
 from sparse3d.kernels import set_partition as K
 from sparse3d.kernels.reference import set_partition as R
+from sparse3d.kernels.set_partition_types import SetPartition, WindowPartition
 
 CUDA = torch.cuda.is_available()
 
@@ -36,7 +39,7 @@ def random_coords(
     return torch.stack([b, z, y, x], dim=1).to(torch.int32).to(device)
 
 
-def assert_windows_equal(a: R.WindowPartition, b: R.WindowPartition) -> None:
+def assert_windows_equal(a: WindowPartition, b: WindowPartition) -> None:
     assert a.num_windows == b.num_windows
     assert a.window_shape == b.window_shape and a.shift == b.shift
     for name in ("win_id", "coords_in_win", "window_key", "voxels_per_window"):
@@ -46,7 +49,7 @@ def assert_windows_equal(a: R.WindowPartition, b: R.WindowPartition) -> None:
         assert torch.equal(ta, tb), name
 
 
-def assert_sets_equal(a: R.SetPartition, b: R.SetPartition) -> None:
+def assert_sets_equal(a: SetPartition, b: SetPartition) -> None:
     for name in ("set_voxel_inds", "set_voxel_mask", "set_window"):
         ta, tb = getattr(a, name).cpu(), getattr(b, name).cpu()
         assert ta.dtype == tb.dtype, name
@@ -64,8 +67,10 @@ def both(coords, shape, win, shift, tau):
     return got
 
 
-def check_properties(coords, shape, win, shift, tau, part: R.SetPartition) -> None:
-    """dsvt.md §12.1 checked from first principles (no call into either implementation)."""
+def check_properties(coords, shape, win, shift, tau, part: SetPartition) -> None:
+    """The partition's properties checked from first principles (no call into either implementation): window
+    keys and in-window coords, every voxel in exactly one set per ordering, Eq. 3 ranks, masks marking repeats,
+    and lexicographic order inside each window."""
     X, Y, Z = shape
     wx, wy, wz = win
     sx, sy, sz = shift
@@ -381,6 +386,20 @@ def test_z_shift_ignored_for_flat_windows():
     b = K.window_partition(coords, (16, 16, 2), (4, 4, 2), (1, 1, 0))
     assert a.shift == (1, 1, 0)
     assert_windows_equal(a, b)
+
+
+def test_reference_is_independent_of_the_kernels() -> None:
+    """The oracle imports only torch and the shared types (not Warp, not the kernel module), and the kernel
+    module does not import the oracle."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sparse3d.kernels.reference.set_partition; "
+            "sys.exit('warp' in sys.modules or 'sparse3d.kernels.set_partition' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+    code = ("import sys, sparse3d.kernels.set_partition; "
+            "sys.exit('sparse3d.kernels.reference.set_partition' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
 # ------------------------------------------------------------------------------------------------ runtime paths

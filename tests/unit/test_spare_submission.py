@@ -1,4 +1,5 @@
-"""SpaRe submission writer (zip layout, sizes, resume, fit/load state) and checker (each fault kind on its own)."""
+"""SpaRe submission writer (zip layout, sizes, resume through the per-scene loop's checkpoints) and checker (each
+fault kind on its own)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from sparse3d.io.spare import (
     write_split,
 )
 from sparse3d.models.baselines.reprojection import NearestViewReprojection
-from sparse3d.render.interface import PosedImages
 from sparse3d.spare.check import KINDS, check_submission
 from sparse3d.spare.submission import expected_names, write_submission
 from sparse3d.utils.errors import UserError
+from sparse3d.views import PosedImages
 
 W, H = 40, 30
 ENTRIES = (
@@ -87,19 +88,26 @@ def test_submission_zip_layout_sizes_and_validity(spare_root: Path, tmp_path: Pa
 
 
 class _Recorder:
-    """A method that paints each target view a flat colour and records what it was asked (the writer's oracle)."""
+    """A per-scene method that paints each target view a flat colour and records what it was asked (the writer's
+    oracle). Its two "training" steps only count, so a resumed scene shows up as zero steps run."""
 
     instances: list[_Recorder] = []
+    default_steps = 2
 
     def __init__(self, fail_at: int | None = None) -> None:
         self.fail_at = fail_at
         self.fitted: PosedImages | None = None
         self.rendered: list[Cameras] = []
-        self.loaded: Path | None = None
+        self.steps_run = 0
+        self.loaded: dict | None = None
         _Recorder.instances.append(self)
 
-    def fit(self, views: PosedImages) -> None:
+    def setup(self, views: PosedImages, max_steps: int) -> None:
         self.fitted = views
+
+    def training_step(self, step: int) -> dict[str, float]:
+        self.steps_run += 1
+        return {"loss": 1.0 / (step + 1)}
 
     def render(self, cameras: Cameras) -> torch.Tensor:
         if self.fail_at is not None and len(self.rendered) == self.fail_at:
@@ -108,12 +116,14 @@ class _Recorder:
         shade = len(self.rendered) / 20
         return torch.full((len(cameras), cameras.height, cameras.width, 3), shade)
 
-    def save_state(self, directory: Path) -> None:
-        (directory / "state.txt").write_text("fitted")
+    def state_dict(self) -> dict:
+        return {"steps_run": self.steps_run}
 
-    def load_state(self, directory: Path) -> None:
-        assert (directory / "state.txt").read_text() == "fitted"
-        self.loaded = directory
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = dict(state)
+
+    def export(self, out_dir: Path) -> list[Path]:
+        return []
 
 
 def test_writer_rescales_cameras_writes_what_the_method_renders(spare_root: Path, tmp_path: Path) -> None:
@@ -123,8 +133,9 @@ def test_writer_rescales_cameras_writes_what_the_method_renders(spare_root: Path
                            progress=False)
     (method,) = _Recorder.instances
     assert method.fitted is not None and method.fitted.images.shape == (3, H, W, 3)  # inputs at disk size
-    assert len(method.rendered) == 10
-    cam = method.rendered[0]  # scan9's first test view is view 0, rendered at 160x120 from a 40x30 disk size
+    rendered = [c for c in method.rendered if c.width == 160]  # the loop also renders an input view for TensorBoard
+    assert len(rendered) == 10
+    cam = rendered[0]  # scan9's first test view is view 0, rendered at 160x120 from a 40x30 disk size
     assert (cam.width, cam.height) == (160, 120)
     assert torch.allclose(cam.K[0], torch.tensor([[160.0, 0.0, 80.0], [0.0, 160.0, 60.0], [0.0, 0.0, 1.0]]), atol=1e-3)
     disk = Cameras.from_projection_matrices([_projection(0)], W, H)
@@ -133,14 +144,15 @@ def test_writer_rescales_cameras_writes_what_the_method_renders(spare_root: Path
         assert archive.namelist() == expected_names([ENTRIES[1]])
         first = np.frombuffer(archive.read(expected_names([ENTRIES[1]])[0]), np.uint8)
     image = cv2.imdecode(first, cv2.IMREAD_UNCHANGED)
-    assert image.shape == (120, 160, 3) and np.all(image == round(255 / 20))
+    assert image.shape == (120, 160, 3) and np.all(image == round(2 * 255 / 20))  # the second render
 
 
 def test_resume_skips_finished_scenes_and_reloads_fitted_state(spare_root: Path, tmp_path: Path) -> None:
     split = spare_root / "Track1_split_development.json"
     _Recorder.instances = []
     with pytest.raises(KeyboardInterrupt):
-        write_submission(lambda: _Recorder(fail_at=4), spare_root, split, tmp_path / "s.zip", width=W, height=H,
+        # render 1 is the loop's TensorBoard image of an input view, renders 2-5 are the first four test views
+        write_submission(lambda: _Recorder(fail_at=5), spare_root, split, tmp_path / "s.zip", width=W, height=H,
                          progress=False)
     assert not (tmp_path / "s.zip").exists()
     work = tmp_path / "s_render"
@@ -148,8 +160,9 @@ def test_resume_skips_finished_scenes_and_reloads_fitted_state(spare_root: Path,
     _Recorder.instances = []
     summary = write_submission(_Recorder, spare_root, split, tmp_path / "s.zip", width=W, height=H, progress=False)
     amp, scan9 = _Recorder.instances
-    assert amp.loaded == work / ".method_state" / "Amp" and amp.fitted is None  # state reloaded, not refitted
-    assert scan9.loaded is None and scan9.fitted is not None
+    assert amp.loaded == {"steps_run": 2} and amp.steps_run == 0  # the fit resumed from its checkpoint, no steps
+    assert (work / ".method_state" / "Amp" / "checkpoints" / "last.ckpt").is_file()
+    assert scan9.loaded is None and scan9.steps_run == 2
     assert summary.rendered == ["Amp", "scan9"]
     _Recorder.instances = []
     summary = write_submission(_Recorder, spare_root, split, tmp_path / "s.zip", width=W, height=H, progress=False)

@@ -10,6 +10,7 @@ import torch
 
 import sparse3d.kernels.sparse_conv as SC
 from sparse3d.kernels import kernel_map as KM
+from sparse3d.kernels.kernel_map_types import triple
 from sparse3d.kernels.reference import sparse_conv as RC
 from sparse3d.kernels.sparse_conv import sparse_conv
 
@@ -61,7 +62,7 @@ def coords():
 # ------------------------------------------------------------------------------------------------ submanifold
 @pytest.mark.parametrize("ks,dil", [(3, 1), (5, 1), (3, 2), ((3, 3, 1), 1), ((1, 3, 5), (1, 2, 1))])
 def test_submanifold_conv_vs_dense(coords, ks, dil):
-    kt, dt = KM.triple(ks, "k"), KM.triple(dil, "d")
+    kt, dt = triple(ks, "k"), triple(dil, "d")
     K = kt[0] * kt[1] * kt[2]
     km = KM.submanifold_map(coords, GRID, ks, dil)
     feats, weight = rand(coords.shape[0], 3, seed=1), rand(K, 3, 4, seed=2) * 0.3
@@ -81,7 +82,7 @@ STRIDED = [(2, 2, 0), (3, 2, 1), ((3, 3, 1), (2, 2, 1), (1, 1, 0)), (3, 1, 1), (
 
 @pytest.mark.parametrize("ks,st,pad", STRIDED)
 def test_strided_conv_vs_dense(coords, ks, st, pad):
-    kt, stt, pt = KM.triple(ks, "k"), KM.triple(st, "s"), KM.triple(pad, "p")
+    kt, stt, pt = triple(ks, "k"), triple(st, "s"), triple(pad, "p")
     K = kt[0] * kt[1] * kt[2]
     km = KM.strided_map(coords, GRID, ks, st, pad)
     feats, weight = rand(coords.shape[0], 3, seed=4), rand(K, 3, 5, seed=5) * 0.3
@@ -96,7 +97,7 @@ def test_strided_conv_vs_dense(coords, ks, st, pad):
 
 @pytest.mark.parametrize("ks,st,pad", STRIDED)
 def test_inverse_conv_vs_conv_transpose(coords, ks, st, pad):
-    kt, stt, pt = KM.triple(ks, "k"), KM.triple(st, "s"), KM.triple(pad, "p")
+    kt, stt, pt = triple(ks, "k"), triple(st, "s"), triple(pad, "p")
     K = kt[0] * kt[1] * kt[2]
     fwd = KM.strided_map(coords, GRID, ks, st, pad)
     inv = KM.inverse_map(fwd, coords, GRID)

@@ -13,6 +13,7 @@ import sparse3d.kernels.runtime as runtime
 from sparse3d.kernels import hashmap as H
 from sparse3d.kernels import voxelize as V
 from sparse3d.kernels.reference import voxelize as R
+from sparse3d.kernels.voxelize_types import Voxelization, grid_size_from_range
 
 RANGE = (-4.0, -3.0, -1.0, 4.0, 3.0, 1.0)  # exactly representable bounds
 SIZE = (0.25, 0.5, 0.125)  # powers of two: boundary arithmetic is exact
@@ -31,7 +32,7 @@ def random_cloud(n: int, seed: int, point_range=RANGE, extra: int = 1, margin: f
     return torch.cat([xyz, feats], dim=1).to(torch.float32)
 
 
-def assert_same(got: V.Voxelization, want: V.Voxelization) -> None:
+def assert_same(got: Voxelization, want: Voxelization) -> None:
     assert got.grid_size == want.grid_size
     assert got.num_nonfinite == want.num_nonfinite
     assert got.num_out_of_range == want.num_out_of_range
@@ -42,7 +43,7 @@ def assert_same(got: V.Voxelization, want: V.Voxelization) -> None:
         assert torch.equal(a, b), name
 
 
-def both(points, voxel_size=SIZE, point_range=RANGE, batch_idx=None) -> V.Voxelization:
+def both(points, voxel_size=SIZE, point_range=RANGE, batch_idx=None) -> Voxelization:
     got = V.voxelize(points, voxel_size, point_range, batch_idx)
     want = R.voxelize(points, voxel_size, point_range, batch_idx)
     assert_same(got, want)
@@ -50,7 +51,7 @@ def both(points, voxel_size=SIZE, point_range=RANGE, batch_idx=None) -> V.Voxeli
     return got
 
 
-def check_properties(res: V.Voxelization, points, voxel_size, point_range, batch_idx) -> None:
+def check_properties(res: Voxelization, points, voxel_size, point_range, batch_idx) -> None:
     """Oracle-free checks of a voxelisation result."""
     n = points.shape[0]
     coords, p2v, counts = res.coords, res.point_to_voxel, res.counts
@@ -137,7 +138,7 @@ def test_kitti_like_range_and_dense_voxels():
     ]:
         pts = random_cloud(4000, 3, point_range=rng, margin=0.05)
         res = both(pts, size, rng)
-        assert res.grid_size == V.grid_size_from_range(rng, size)
+        assert res.grid_size == grid_size_from_range(rng, size)
     # many points per voxel: coarse grid
     res = both(random_cloud(2000, 4, margin=0.0), (2.0, 2.0, 1.0))
     assert int(res.counts.max()) > 10
@@ -272,16 +273,16 @@ def test_large_input_forced_partitions(monkeypatch):
 
 # ----------------------------------------------------------------------------------------- grid_size_from_range
 def test_grid_size_rounding():
-    assert V.grid_size_from_range((0, -40, -3, 75.2, 40, 1), (0.1, 0.1, 0.1)) == (752, 800, 40)
-    assert V.grid_size_from_range((0, -39.68, -3, 69.12, 39.68, 1), (0.16, 0.16, 4)) == (432, 496, 1)
-    assert V.grid_size_from_range((-74.88, -74.88, -2, 74.88, 74.88, 4.0), (0.32, 0.32, 0.1875)) == (
+    assert grid_size_from_range((0, -40, -3, 75.2, 40, 1), (0.1, 0.1, 0.1)) == (752, 800, 40)
+    assert grid_size_from_range((0, -39.68, -3, 69.12, 39.68, 1), (0.16, 0.16, 4)) == (432, 496, 1)
+    assert grid_size_from_range((-74.88, -74.88, -2, 74.88, 74.88, 4.0), (0.32, 0.32, 0.1875)) == (
         468,
         468,
         32,
     )
-    assert V.grid_size_from_range((0, 0, 0, 1.0, 1.0, 1.0), (0.16, 0.16, 0.3)) == (7, 7, 4)  # rounds up
-    assert V.grid_size_from_range((0, 0, 0, 1, 1, 1), (5, 5, 5)) == (1, 1, 1)  # at least one voxel
-    assert V.grid_size_from_range(RANGE, SIZE) == GRID
+    assert grid_size_from_range((0, 0, 0, 1.0, 1.0, 1.0), (0.16, 0.16, 0.3)) == (7, 7, 4)  # rounds up
+    assert grid_size_from_range((0, 0, 0, 1, 1, 1), (5, 5, 5)) == (1, 1, 1)  # at least one voxel
+    assert grid_size_from_range(RANGE, SIZE) == GRID
 
 
 @pytest.mark.parametrize(
@@ -297,7 +298,7 @@ def test_grid_size_rounding():
 )
 def test_grid_size_errors(point_range, voxel_size, name):
     with pytest.raises(ValueError, match=name):
-        V.grid_size_from_range(point_range, voxel_size)
+        grid_size_from_range(point_range, voxel_size)
     with pytest.raises(ValueError, match=name):
         V.voxelize(torch.zeros(2, 3), voxel_size, point_range)
 

@@ -42,7 +42,8 @@ RECORD_FIELDS: tuple[str, ...] = (
     "ours_peak_rss_mb",
     "notes",
 )
-"""Fields every benchmark record has (architecture.md, Benchmarks); suites may add extra fields."""
+"""Fields every benchmark record has (the ``--json`` format described in BENCHMARKS.md); suites may add extra
+fields."""
 
 _MB = float(2**20)
 

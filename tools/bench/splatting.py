@@ -21,8 +21,8 @@ estimate (pairs × 256 pixels × 60 bytes, the measured peak) exceeds ``SPARSE3D
 the peer is skipped and ``notes`` says so rather than risking an out-of-memory kill on a shared machine.
 
 Timings use torch's default intra-op threads for ours and the peer alike. On a CPU shared with other jobs,
-OpenMP's spinning barriers make many-small-op code like the peer's backward erratic (we saw 30× swings between
-runs), so treat numbers from a busy machine as indicative.
+OpenMP's spinning barriers make many-small-op code like the peer's backward erratic, so treat numbers from a
+busy machine as indicative.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ TYPICAL_SIGMA_PX = 1.2
 PEER_BYTES_PER_PAIR_PIXEL = 60  # measured peak RSS of its fwd+bwd per (Gaussian, tile pixel): ~15 float32 tensors
 # Agreement criteria. Two float32 implementations cannot agree pixel-for-pixel everywhere: when a Gaussian's
 # alpha lands within rounding of the 1/255 cut-off (or T of the 1e-4 stop), one includes it and the other
-# does not, changing that pixel by up to ~T/255 (seen: 2 of 120k pixels off by 3e-3 at 50k Gaussians). So a
-# row MISMATCHes when more than IMAGE_MAX_FRAC of the pixels differ by over IMAGE_ATOL or the mean difference
-# exceeds IMAGE_MEAN_ATOL; gradients are compared by relative L2 error, which a few flipped pairs barely move.
+# does not, changing that pixel by up to ~T/255. So a row MISMATCHes when more than IMAGE_MAX_FRAC of the
+# pixels differ by over IMAGE_ATOL or the mean difference exceeds IMAGE_MEAN_ATOL; gradients are compared by
+# relative L2 error, which a few flipped pairs barely move.
 IMAGE_ATOL = 1e-4
 IMAGE_MAX_FRAC = 1e-4
 IMAGE_MEAN_ATOL = 1e-5
@@ -270,7 +270,7 @@ def _gsplat_cuda_time(
 
 def _bench_projection(run: _Run, n: int, width: int, height: int) -> BenchRecord:
     """Projection only (covariances + EWA + culling): ours vs gsplat's pure-torch implementation."""
-    from sparse3d.render.gaussians import project_gaussians
+    from sparse3d.kernels.gaussian_projection import project_gaussians
 
     scene = random_scene(n, width, height, seed=n + width, device=run.device)
     args = (scene.viewmats, scene.Ks, width, height)

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from sparse3d.kernels.gaussian_args import RasterizeArgs, takes_rasterize_args
+
 __all__ = ["rasterize_torch_tiles", "project_gaussians", "eval_sh", "quat_scale_to_covar"]
 
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -157,35 +159,18 @@ def _tile_pairs(
     return ids[pair_gauss[order]], tile[order]
 
 
-def rasterize_torch_tiles(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    radius_clip: float = 0.0,
-    eps2d: float = 0.3,
-    sh_degree: int | None = None,
-    backgrounds: torch.Tensor | None = None,
-    render_mode: str = "RGB",
-    rasterize_mode: str = "classic",
-    tile_size: int = 16,
-    **_: Any,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+@takes_rasterize_args
+def rasterize_torch_tiles(a: RasterizeArgs) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Render C cameras; same inputs/outputs as :func:`sparse3d.render.rasterize_gaussians` (RGB, classic).
 
     ``colors`` is (N, D) or, with ``sh_degree``, SH coefficients (N, K, 3). Returns ``render_colors``
     (C, H, W, D), ``render_alphas`` (C, H, W, 1) and a meta dict (per-camera projections, pair counts).
     """
-    if render_mode != "RGB" or rasterize_mode != "classic":
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height = a[:9]
+    sh_degree, backgrounds, tile_size = a.sh_degree, a.backgrounds, a.tile_size
+    if a.render_mode != "RGB" or a.rasterize_mode != "classic":
         raise ValueError(f"torch-tiles supports render_mode='RGB', rasterize_mode='classic' only, "
-                         f"got {render_mode!r}, {rasterize_mode!r}")
+                         f"got {a.render_mode!r}, {a.rasterize_mode!r}")
     n = means.shape[0]
     if means.shape != (n, 3) or quats.shape != (n, 4) or scales.shape != (n, 3) or opacities.shape != (n,):
         raise ValueError(f"means/quats/scales/opacities must be (N,3)/(N,4)/(N,3)/(N,), got {tuple(means.shape)}, "
@@ -216,7 +201,7 @@ def rasterize_torch_tiles(
     images, alphas, metas = [], [], []
     for cam in range(viewmats.shape[0]):
         proj = project_gaussians(means, covars, opacities, viewmats[cam], Ks[cam], width, height,
-                                 near_plane, far_plane, radius_clip, eps2d)
+                                 a.near_plane, a.far_plane, a.radius_clip, a.eps2d)
         if sh_degree is None:
             cols = colors
         else:

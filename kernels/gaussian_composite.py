@@ -1,13 +1,12 @@
-"""Tile-based Gaussian splatting rasterizer in Warp: tile intersection, per-tile ranges, compositing fwd/bwd.
+"""Front-to-back alpha compositing of depth-sorted 2-D Gaussians per tile in Warp, forward and backward.
 
-Semantics follow gsplat 1.5.3 (``IntersectTile.cu``, ``RasterizeToPixels3DGS{Fwd,Bwd}.cu``); design note
-``sparse_view_gs.md`` section 4. Projection is :mod:`sparse3d.kernels.gaussian_projection`; compositing only
-sees the projected 2-D Gaussians, flattened over cameras as ``flat = camera * N + gaussian``.
+The rasterization step of 3D Gaussian Splatting (Kerbl et al., SIGGRAPH 2023) with the semantics of gsplat
+1.5.3 (``RasterizeToPixels3DGS{Fwd,Bwd}.cu``; gsplat, Ye et al. 2024): per pixel, alpha = min(0.999,
+o exp(-sigma)) with sigma the conic's quadratic form at the pixel centre, Gaussians with alpha < 1/255 or
+sigma < 0 skipped, and the walk stopped before the transmittance would drop to 1e-4. Inputs are the projected
+Gaussians of :mod:`sparse3d.kernels.gaussian_projection` and the per-tile lists of
+:mod:`sparse3d.kernels.gaussian_tiles`; :func:`rasterize_to_pixels` is the differentiable entry point.
 
-* Intersections: one (key, flat id) pair per (Gaussian, touched tile); ``key = camera << (32 + tile_bits) |
-  tile << 32 | bits(depth)`` where ``bits`` is the raw IEEE-754 pattern of the float32 depth (monotone for
-  positive floats; a numeric cast would truncate and mis-order Gaussians with close depths). A stable
-  ``torch.sort`` orders them by (camera, tile, depth, Gaussian id), so each tile's list is one contiguous run.
 * Records: everything compositing reads about a Gaussian (mean, conic, opacity, colour, depth, the pixel box of
   its alpha >= 1/255 footprint) sits in one 64-byte row, since a tile's list visits Gaussians in random memory
   order (:func:`_records_kernel`).
@@ -15,26 +14,25 @@ sees the projected 2-D Gaussians, flattened over cameras as ``flat = camera * N 
   tile rows of its box and, per row, the pixels inside its ellipse (an exact float64 span with a safety
   margin), so the work is proportional to the splats' footprints rather than to (list length x 256); per pixel
   the arithmetic and its order are those of gsplat's per-pixel loop. Tiles are dealt round-robin to
-  ``num_parts`` CPU threads (:func:`runtime.launch_partitioned`). The backward writes gradients per
-  INTERSECTION (each belongs to one tile, so no two threads write the same place and no atomics are needed,
-  on CPU or CUDA) and ``index_add_`` sums them per Gaussian.
-* SH colours (:func:`sh_colors_fwd` / :func:`sh_colors_bwd`): one thread per Gaussian over all cameras, the same
-  basis as ``sparse3d.render.gaussians.eval_sh_colors``, with a hand-written vector-Jacobian product.
+  ``num_parts`` CPU threads (:func:`runtime.launch_partitioned`).
+* Backward: gradients are written per INTERSECTION (each belongs to one tile, so no two threads write the same
+  place and no atomics are needed, on CPU or CUDA) and ``index_add_`` sums them per Gaussian.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import warp as wp
 
+from sparse3d.kernels.gaussian_projection import check_projected
 from sparse3d.kernels.runtime import (
-    check_same_device,
     check_tensor,
     cpu_threads,
     launch,
     launch_partitioned,
+    serial_torch_ops,
     to_wp,
     wp_device,
 )
@@ -46,111 +44,12 @@ ALPHA_MAX = wp.constant(0.999)
 T_STOP = wp.constant(1.0e-4)
 LOCAL_CH = wp.constant(4)
 """Images with at most this many channels (RGB + depth) run the per-pixel channel loops with this constant
-bound, which Warp unrolls; a loop bounded by the runtime channel count made each pixel visit ~15 % slower."""
+bound, which Warp unrolls; wider feature images take a loop bounded by the runtime channel count."""
 SPAN_MIN_COLS = wp.constant(8)
 """Rows of a box narrower than this are scanned whole: the exact float64 row span (a square root and two
 divisions) costs more than the few sigma tests it saves on a small splat; wide splats still get it."""
-"""o * exp(-sigma) < 1/255 for any o <= 1 once sigma > ln(255) ~ 5.54: such pairs are skipped before the exp."""
 
 
-# ------------------------------------------------------------------------------------------ intersection
-@wp.func
-def _tile_rect(m: wp.vec2, r: wp.vec2i, tile_size: int, tiles_x: int, tiles_y: int) -> wp.vec4i:
-    """Tiles touched by the radius box: (x0, y0, x1, y1), min inclusive, max exclusive, clamped to the grid."""
-    ts = float(tile_size)
-    cx = m[0] / ts
-    cy = m[1] / ts
-    rx = float(r[0]) / ts
-    ry = float(r[1]) / ts
-    x0 = wp.clamp(int(wp.floor(cx - rx)), 0, tiles_x)
-    y0 = wp.clamp(int(wp.floor(cy - ry)), 0, tiles_y)
-    x1 = wp.clamp(int(wp.ceil(cx + rx)), 0, tiles_x)
-    y1 = wp.clamp(int(wp.ceil(cy + ry)), 0, tiles_y)
-    return wp.vec4i(x0, y0, x1, y1)
-
-
-@wp.kernel
-def _count_tiles_kernel(
-    offset: int,
-    means2d: wp.array(dtype=wp.vec2),
-    radii: wp.array(dtype=wp.vec2i),
-    tile_size: int,
-    tiles_x: int,
-    tiles_y: int,
-    counts: wp.array(dtype=wp.int32),
-):
-    i = wp.tid() + offset
-    r = radii[i]
-    if r[0] <= 0 or r[1] <= 0:
-        counts[i] = 0
-        return
-    b = _tile_rect(means2d[i], r, tile_size, tiles_x, tiles_y)
-    counts[i] = (b[2] - b[0]) * (b[3] - b[1])
-
-
-@wp.kernel
-def _write_isects_kernel(
-    offset: int,
-    means2d: wp.array(dtype=wp.vec2),
-    radii: wp.array(dtype=wp.vec2i),
-    depth_keys: wp.array(dtype=wp.int64),
-    starts: wp.array(dtype=wp.int64),
-    n_per_camera: int,
-    tile_size: int,
-    tiles_x: int,
-    tiles_y: int,
-    tile_bits: int,
-    keys: wp.array(dtype=wp.int64),
-    ids: wp.array(dtype=wp.int32),
-):
-    i = wp.tid() + offset
-    r = radii[i]
-    if r[0] <= 0 or r[1] <= 0:
-        return
-    b = _tile_rect(means2d[i], r, tile_size, tiles_x, tiles_y)
-    cam_key = wp.int64(i // n_per_camera) << wp.int64(32 + tile_bits)
-    dk = depth_keys[i]
-    cur = starts[i]
-    for ty in range(b[1], b[3]):
-        for tx in range(b[0], b[2]):
-            keys[cur] = cam_key | (wp.int64(ty * tiles_x + tx) << wp.int64(32)) | dk
-            ids[cur] = i
-            cur = cur + wp.int64(1)
-
-
-@wp.func
-def _global_tile(key: wp.int64, tile_bits: int, n_tiles: int) -> int:
-    hi = key >> wp.int64(32)
-    cam = int(hi >> wp.int64(tile_bits))
-    tile = int(hi & ((wp.int64(1) << wp.int64(tile_bits)) - wp.int64(1)))
-    return cam * n_tiles + tile
-
-
-@wp.kernel
-def _tile_offsets_kernel(
-    offset: int,
-    keys: wp.array(dtype=wp.int64),
-    n_isects: int,
-    tile_bits: int,
-    n_tiles: int,
-    total_tiles: int,
-    offsets: wp.array(dtype=wp.int32),
-):
-    """offsets[t] = first sorted index of tile t (for an empty tile: that of the next non-empty one)."""
-    i = wp.tid() + offset
-    # Clamped so that malformed keys can never write outside ``offsets``.
-    cur = wp.clamp(_global_tile(keys[i], tile_bits, n_tiles), -1, total_tiles - 1)
-    prev = -1
-    if i > 0:
-        prev = wp.clamp(_global_tile(keys[i - 1], tile_bits, n_tiles), -1, total_tiles - 1)
-    for t in range(prev + 1, cur + 1):
-        offsets[t] = i
-    if i == n_isects - 1:
-        for t in range(cur + 1, total_tiles):
-            offsets[t] = n_isects
-
-
-# ------------------------------------------------------------------------------------------ compositing
 @wp.func
 def _span_sigma(s_max: float) -> wp.float64:
     """Sigma level of the boxes/spans: 1% + 0.01 above s_max covers float32 rounding of sigma in the kernels."""
@@ -340,7 +239,7 @@ def _raster_fwd_kernel(
     """One thread per tile; Gaussians front to back, each touching only the tile rows/columns in its box.
 
     The tile's list is read once (not once per row). Per pixel the arithmetic and its order are exactly a
-    front-to-back per-pixel loop's (design note 4.3): the box and row spans only skip pixels whose alpha is
+    front-to-back per-pixel loop's (gsplat's ``RasterizeToPixels3DGSFwd.cu``): the box and row spans only skip pixels whose alpha is
     provably below 1/255. Pixel state lives in the output arrays; ``row_left`` (tile_size per tile) counts each
     tile row's pixels still compositing, so rows that are all saturated skip the span computation.
     """
@@ -473,7 +372,10 @@ def _raster_bwd_kernel(
     v_colors: wp.array2d(dtype=wp.float32),
     v_opacities: wp.array(dtype=wp.float32),
 ):
-    """One thread per tile, back to front over each pixel's contributors (ids <= last_ids), note 4.4 formulas.
+    """One thread per tile, back to front over each pixel's contributors (ids <= last_ids).
+
+    The vector-Jacobian product of :func:`_raster_fwd_kernel`, with the formulas of gsplat's
+    ``RasterizeToPixels3DGSBwd.cu``.
 
     Gradients are per INTERSECTION (index ``idx`` of the sorted list, which belongs to exactly one tile): the
     tile's thread sums a Gaussian's pixels in registers and writes each of its intersections once, with no
@@ -598,271 +500,15 @@ def _raster_bwd_kernel(
             v_means2d_abs[idx] = acc_abs
 
 
-# ------------------------------------------------------------------------------------------ SH colours
-_vec16 = wp.types.vector(length=16, dtype=wp.float32)
-
-
-@wp.func
-def _sh_basis(x: float, y: float, z: float, degree: int) -> _vec16:
-    """Real SH basis of bands 0..degree at unit (x, y, z), gsplat's constants and order (unused entries 0)."""
-    b = _vec16()
-    b[0] = 0.2820947917738781
-    if degree >= 1:
-        b[1] = -0.48860251190292 * y
-        b[2] = 0.48860251190292 * z
-        b[3] = -0.48860251190292 * x
-    if degree >= 2:
-        z2 = z * z
-        c1 = x * x - y * y
-        s1 = 2.0 * x * y
-        t0 = -1.092548430592079 * z
-        b[4] = 0.5462742152960395 * s1
-        b[5] = t0 * y
-        b[6] = 0.9461746957575601 * z2 - 0.3153915652525201
-        b[7] = t0 * x
-        b[8] = 0.5462742152960395 * c1
-        if degree >= 3:
-            c2 = x * c1 - y * s1
-            s2 = x * s1 + y * c1
-            t0c = -2.285228997322329 * z2 + 0.4570457994644658
-            t1b = 1.445305721320277 * z
-            b[9] = -0.5900435899266435 * s2
-            b[10] = t1b * s1
-            b[11] = t0c * y
-            b[12] = z * (1.865881662950577 * z2 - 1.119528997770346)
-            b[13] = t0c * x
-            b[14] = t1b * c1
-            b[15] = -0.5900435899266435 * c2
-    return b
-
-
-@wp.func
-def _sh_basis_vjp(x: float, y: float, z: float, degree: int, vb: _vec16) -> wp.vec3:
-    """d(vb . basis)/d(x, y, z) at unit (x, y, z): the chain rule through every basis polynomial."""
-    gx = -0.48860251190292 * vb[3]
-    gy = -0.48860251190292 * vb[1]
-    gz = 0.48860251190292 * vb[2]
-    if degree >= 2:
-        k4 = 0.5462742152960395
-        k5 = -1.092548430592079
-        gx += k4 * 2.0 * y * vb[4] + k5 * z * vb[7] + k4 * 2.0 * x * vb[8]
-        gy += k4 * 2.0 * x * vb[4] + k5 * z * vb[5] - k4 * 2.0 * y * vb[8]
-        gz += k5 * y * vb[5] + 2.0 * 0.9461746957575601 * z * vb[6] + k5 * x * vb[7]
-        if degree >= 3:
-            z2 = z * z
-            c1 = x * x - y * y
-            s1 = 2.0 * x * y
-            t0c = -2.285228997322329 * z2 + 0.4570457994644658
-            t1b = 1.445305721320277 * z
-            k9 = -0.5900435899266435
-            dt0c = -2.0 * 2.285228997322329 * z
-            gx += (k9 * 6.0 * x * y * vb[9] + t1b * 2.0 * y * vb[10] + t0c * vb[13] + t1b * 2.0 * x * vb[14]
-                   + k9 * 3.0 * c1 * vb[15])
-            gy += (k9 * 3.0 * c1 * vb[9] + t1b * 2.0 * x * vb[10] + t0c * vb[11] - t1b * 2.0 * y * vb[14]
-                   - k9 * 6.0 * x * y * vb[15])
-            gz += (1.445305721320277 * s1 * vb[10] + dt0c * y * vb[11]
-                   + (3.0 * 1.865881662950577 * z2 - 1.119528997770346) * vb[12] + dt0c * x * vb[13]
-                   + 1.445305721320277 * c1 * vb[14])
-    return wp.vec3(gx, gy, gz)
-
-
-@wp.kernel
-def _sh_fwd_kernel(
-    offset: int,
-    dirs: wp.array(dtype=wp.vec3),
-    coeffs: wp.array3d(dtype=wp.float32),
-    degree: int,
-    n: int,
-    n_cams: int,
-    out: wp.array(dtype=wp.vec3),
-):
-    """colour = max(sum_b basis_b(dir / |dir|) coeffs[b] + 0.5, 0) for every camera of Gaussian ``i``."""
-    i = wp.tid() + offset
-    nb = (degree + 1) * (degree + 1)
-    for c in range(n_cams):
-        f = c * n + i
-        d = dirs[f]
-        u = d / wp.max(wp.length(d), 1.0e-12)
-        b = _sh_basis(u[0], u[1], u[2], degree)
-        acc = wp.vec3(0.0, 0.0, 0.0)
-        for k in range(16):  # constant bound: unrolled, so b[k] is a register (bands past ``degree`` skipped)
-            if k < nb:
-                acc += b[k] * wp.vec3(coeffs[i, k, 0], coeffs[i, k, 1], coeffs[i, k, 2])
-        acc += wp.vec3(0.5, 0.5, 0.5)
-        out[f] = wp.vec3(wp.max(acc[0], 0.0), wp.max(acc[1], 0.0), wp.max(acc[2], 0.0))
-
-
-@wp.kernel
-def _sh_bwd_kernel(
-    offset: int,
-    dirs: wp.array(dtype=wp.vec3),
-    coeffs: wp.array3d(dtype=wp.float32),
-    v_colors: wp.array(dtype=wp.vec3),
-    degree: int,
-    n: int,
-    n_cams: int,
-    v_coeffs: wp.array3d(dtype=wp.float32),
-    v_dirs: wp.array(dtype=wp.vec3),
-):
-    """Gradients of :func:`_sh_fwd_kernel`; one thread per Gaussian sums its cameras (no write conflicts)."""
-    i = wp.tid() + offset
-    nb = (degree + 1) * (degree + 1)
-    for c in range(n_cams):
-        f = c * n + i
-        d = dirs[f]
-        nrm = wp.length(d)
-        u = d / wp.max(nrm, 1.0e-12)
-        b = _sh_basis(u[0], u[1], u[2], degree)
-        acc = wp.vec3(0.0, 0.0, 0.0)
-        for k in range(16):
-            if k < nb:
-                acc += b[k] * wp.vec3(coeffs[i, k, 0], coeffs[i, k, 1], coeffs[i, k, 2])
-        acc += wp.vec3(0.5, 0.5, 0.5)
-        # clamp_min(x, 0) passes the gradient where x >= 0 (torch's rule).
-        vc = v_colors[f]
-        g0 = wp.where(acc[0] >= 0.0, vc[0], 0.0)
-        g1 = wp.where(acc[1] >= 0.0, vc[1], 0.0)
-        g2 = wp.where(acc[2] >= 0.0, vc[2], 0.0)
-        vb = _vec16()
-        for k in range(16):
-            if k >= nb:
-                continue
-            if c == 0:  # the first camera writes (the output is not zero-filled), later ones add
-                v_coeffs[i, k, 0] = b[k] * g0
-                v_coeffs[i, k, 1] = b[k] * g1
-                v_coeffs[i, k, 2] = b[k] * g2
-            else:
-                v_coeffs[i, k, 0] = v_coeffs[i, k, 0] + b[k] * g0
-                v_coeffs[i, k, 1] = v_coeffs[i, k, 1] + b[k] * g1
-                v_coeffs[i, k, 2] = v_coeffs[i, k, 2] + b[k] * g2
-            vb[k] = coeffs[i, k, 0] * g0 + coeffs[i, k, 1] * g1 + coeffs[i, k, 2] * g2
-        if degree >= 1:
-            vu = _sh_basis_vjp(u[0], u[1], u[2], degree, vb)
-            if nrm > 1.0e-12:
-                v_dirs[f] = (vu - u * wp.dot(u, vu)) / nrm
-            else:
-                v_dirs[f] = vu / 1.0e-12
-        else:
-            v_dirs[f] = wp.vec3(0.0, 0.0, 0.0)
-
-
-def sh_colors_fwd(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """(C, N, 3) colours of SH bands 0..degree: dirs (C, N, 3) any length, coeffs (N, K, 3) with K >= (d+1)^2."""
-    c_n, n = dirs.shape[:2]
-    out = torch.empty(c_n, n, 3, dtype=torch.float32, device=dirs.device)
-    launch(_sh_fwd_kernel, n, [to_wp(dirs.reshape(-1, 3).contiguous(), wp.vec3), to_wp(coeffs.contiguous()),
-                               degree, n, c_n, to_wp(out.reshape(-1, 3), wp.vec3)], wp_device(dirs))
-    return out
-
-
-def sh_colors_bwd(
-    degree: int, dirs: torch.Tensor, coeffs: torch.Tensor, v_colors: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients (v_dirs (C, N, 3), v_coeffs (N, K, 3)) of :func:`sh_colors_fwd`."""
-    c_n, n = dirs.shape[:2]
-    v_co = torch.empty(coeffs.shape, dtype=torch.float32, device=dirs.device)  # the kernel writes bands <= degree
-    v_co[:, (degree + 1) ** 2 :] = 0.0
-    v_d = torch.empty(c_n, n, 3, dtype=torch.float32, device=dirs.device)
-    launch(
-        _sh_bwd_kernel, n,
-        [to_wp(dirs.reshape(-1, 3).contiguous(), wp.vec3), to_wp(coeffs.contiguous()),
-         to_wp(v_colors.reshape(-1, 3).float().contiguous(), wp.vec3), degree, n, c_n, to_wp(v_co), to_wp(v_d.reshape(-1, 3), wp.vec3)],
-        wp_device(dirs),
-    )
-    return v_d, v_co
-
-
-# ------------------------------------------------------------------------------------------ torch API
-class Intersections(NamedTuple):
-    tiles_per_gauss: torch.Tensor  # (C, N) int32
-    isect_ids: torch.Tensor  # (M,) int64, sorted
-    flatten_ids: torch.Tensor  # (M,) int32, index into the flattened C * N
-    isect_offsets: torch.Tensor  # (C, tiles_y, tiles_x) int32
-
-
 class RasterOutputs(NamedTuple):
+    """Result of :func:`rasterize_to_pixels_fwd`, with what its backward needs."""
+
     colors: torch.Tensor  # (C, H, W, D)
     alphas: torch.Tensor  # (C, H, W, 1)
     transmittance: torch.Tensor  # (C, H, W) final T (kept separately: 1 - alpha loses precision near T = 0)
     last_ids: torch.Tensor  # (C, H, W) int32 index of the last contributing intersection, -1 if none
     median_depths: torch.Tensor  # (C, H, W, 1)
     records: torch.Tensor  # (C * N, record_width) per-Gaussian records; pass to the backward to skip rebuilding
-
-
-def tile_bits_for(n_tiles: int) -> int:
-    """floor(log2(n_tiles)) + 1 bits for the tile id in a key (gsplat's rule)."""
-    return int(n_tiles).bit_length()
-
-
-def _check_projected(means2d: torch.Tensor, **others: torch.Tensor) -> tuple[int, int]:
-    check_tensor("means2d", means2d, torch.float32, ndim=3, last_dim=2)
-    c_n, n = means2d.shape[:2]
-    for name, t in others.items():
-        if t is None:
-            continue
-        check_tensor(name, t)
-        if tuple(t.shape[:2]) != (c_n, n):
-            raise ValueError(f"{name} must start with (C, N) = {(c_n, n)} like means2d, got {tuple(t.shape)}")
-    check_same_device(means2d=means2d, **{k: v for k, v in others.items() if v is not None})
-    return c_n, n
-
-
-def intersect_tiles(
-    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, tile_size: int, tiles_x: int, tiles_y: int
-) -> Intersections:
-    """(Gaussian, tile) pairs sorted by (camera, tile, depth, id), and each tile's start offset."""
-    c_n, n = _check_projected(means2d, radii=radii, depths=depths)
-    check_tensor("radii", radii, torch.int32, ndim=3, last_dim=2)
-    check_tensor("depths", depths, torch.float32, ndim=2)
-    n_tiles = tiles_x * tiles_y
-    tile_bits, cam_bits = tile_bits_for(n_tiles), int(c_n).bit_length()
-    if tile_bits + cam_bits > 32:
-        raise ValueError(f"{c_n} cameras x {n_tiles} tiles do not fit the 32 key bits above the depth")
-    dev = means2d.device
-    flat_m = means2d.reshape(-1, 2).contiguous()
-    flat_r = radii.reshape(-1, 2).contiguous()
-    counts = torch.empty(c_n * n, dtype=torch.int32, device=dev)
-    wdev = wp_device(means2d)
-    m_wp, r_wp = to_wp(flat_m, wp.vec2), to_wp(flat_r, wp.vec2i)
-    launch(_count_tiles_kernel, c_n * n, [m_wp, r_wp, tile_size, tiles_x, tiles_y, to_wp(counts)], wdev)
-    cum = torch.cumsum(counts, 0, dtype=torch.int64)
-    n_isects = int(cum[-1]) if cum.numel() else 0
-    if n_isects >= 2**31:
-        raise ValueError(f"{n_isects} tile intersections exceed the int32 offset range; lower the resolution")
-    starts = (cum - counts).contiguous()
-    # Raw float32 bit pattern, zero-extended: monotone in the depth for positive floats.
-    depth_keys = (depths.reshape(-1).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF).contiguous()
-    keys = torch.empty(n_isects, dtype=torch.int64, device=dev)
-    ids = torch.empty(n_isects, dtype=torch.int32, device=dev)
-    if n_isects:
-        launch(
-            _write_isects_kernel,
-            c_n * n,
-            [m_wp, r_wp, to_wp(depth_keys), to_wp(starts), n, tile_size, tiles_x, tiles_y, tile_bits,
-             to_wp(keys), to_wp(ids)],
-            wdev,
-        )
-    keys_sorted, perm = torch.sort(keys, stable=True)
-    ids_sorted = ids[perm].contiguous()
-    offsets = tile_offsets(keys_sorted, c_n, tiles_x, tiles_y)
-    return Intersections(counts.reshape(c_n, n), keys_sorted, ids_sorted, offsets)
-
-
-def tile_offsets(isect_ids: torch.Tensor, n_cameras: int, tiles_x: int, tiles_y: int) -> torch.Tensor:
-    """(C, tiles_y, tiles_x) int32 start of each tile's run in the sorted intersection list."""
-    check_tensor("isect_ids", isect_ids, torch.int64, ndim=1)
-    n_tiles = tiles_x * tiles_y
-    total = n_cameras * n_tiles
-    offsets = torch.zeros(total, dtype=torch.int32, device=isect_ids.device)
-    m = isect_ids.shape[0]
-    if m:
-        launch(
-            _tile_offsets_kernel,
-            m,
-            [to_wp(isect_ids.contiguous()), m, tile_bits_for(n_tiles), n_tiles, total, to_wp(offsets)],
-            wp_device(isect_ids),
-        )
-    return offsets.reshape(n_cameras, tiles_y, tiles_x)
 
 
 def _build_records(
@@ -906,7 +552,7 @@ def _prep(
     records: torch.Tensor | None = None,
 ) -> dict:
     """Validate the compositing inputs and build every Gaussian's record (:func:`_records_kernel`)."""
-    c_n, n = _check_projected(means2d, conics=conics, colors=colors, opacities=opacities, depths=depths)
+    c_n, n = check_projected(means2d, conics=conics, colors=colors, opacities=opacities, depths=depths)
     check_tensor("conics", conics, torch.float32, ndim=3, last_dim=3)
     check_tensor("colors", colors, torch.float32, ndim=3)
     check_tensor("opacities", opacities, torch.float32, ndim=2)
@@ -970,7 +616,8 @@ def rasterize_to_pixels_fwd(
     height: int,
     tile_size: int,
 ) -> RasterOutputs:
-    """Front-to-back compositing of every pixel (no autograd; see ``rasterize_gaussians`` for that)."""
+    """Front-to-back compositing of every pixel (no autograd: :func:`rasterize_to_pixels` is the differentiable
+    form)."""
     check_tensor("depths", depths, torch.float32, ndim=2)
     a = _prep(means2d, conics, colors, opacities, depths, backgrounds, isect_offsets, flatten_ids, width, height)
     c_n, n_ch, dev = a["c_n"], a["n_ch"], a["torch_device"]
@@ -1052,3 +699,87 @@ def rasterize_to_pixels_bwd(
         return out.index_add_(0, ids, t.reshape(m_isects, *shape)).reshape(c_n, n, *shape)
 
     return fold(g_m, 2), fold(g_q, 3), fold(g_c, n_ch), fold(g_o), (fold(g_abs, 2) if absgrad else None)
+
+
+class _RasterizeToPixels(torch.autograd.Function):
+    """:func:`rasterize_to_pixels_fwd` with :func:`rasterize_to_pixels_bwd` as its backward; gradients flow to
+    means2d, conics, colors, opacities and backgrounds (the median depth has none)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        means2d: torch.Tensor,
+        conics: torch.Tensor,
+        colors: torch.Tensor,
+        opacities: torch.Tensor,
+        backgrounds: torch.Tensor | None,
+        depths: torch.Tensor,
+        isect_offsets: torch.Tensor,
+        flatten_ids: torch.Tensor,
+        width: int,
+        height: int,
+        tile_size: int,
+        absgrad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        colors = colors.contiguous()
+        opacities = opacities.contiguous()
+        out = rasterize_to_pixels_fwd(
+            means2d, conics, colors, opacities, depths, backgrounds, isect_offsets, flatten_ids, width, height,
+            tile_size,
+        )
+        ctx.save_for_backward(
+            means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, out.transmittance,
+            out.last_ids, out.records,
+        )
+        ctx.dims = (width, height, tile_size, absgrad)
+        ctx.mark_non_differentiable(out.median_depths)
+        return out.colors, out.alphas, out.median_depths
+
+    @staticmethod
+    @serial_torch_ops()
+    def backward(ctx: Any, v_colors: torch.Tensor, v_alphas: torch.Tensor, _v_median: torch.Tensor):
+        means2d, conics, colors, opacities, backgrounds, offsets, flat_ids, trans, last_ids, records = ctx.saved_tensors
+        width, height, tile_size, absgrad = ctx.dims
+        c_n = means2d.shape[0]
+        if v_colors is None:
+            v_colors = torch.zeros(c_n, height, width, colors.shape[-1], device=means2d.device)
+        if v_alphas is None:
+            v_alphas = torch.zeros(c_n, height, width, 1, device=means2d.device)
+        v_m, v_q, v_c, v_o, v_abs = rasterize_to_pixels_bwd(
+            means2d, conics, colors, opacities, backgrounds, offsets, flat_ids, width, height, tile_size, trans,
+            last_ids, v_colors, v_alphas, absgrad, records,
+        )
+        if absgrad:
+            means2d.absgrad = v_abs  # AbsGS densification statistic, like gsplat
+        v_bg = None
+        if backgrounds is not None and ctx.needs_input_grad[4]:
+            v_bg = (v_colors.float() * trans[..., None]).sum(dim=(1, 2))
+        return v_m, v_q, v_c, v_o, v_bg, None, None, None, None, None, None, None
+
+
+def rasterize_to_pixels(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    backgrounds: torch.Tensor | None,
+    depths: torch.Tensor,
+    isect_offsets: torch.Tensor,
+    flatten_ids: torch.Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+    absgrad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Differentiable compositing of C images: (C, H, W, D) colours, (C, H, W, 1) alphas, (C, H, W, 1) median
+    depths (the depth at which the accumulated alpha first reaches 0.5, 0 where it never does; no gradient).
+
+    means2d, conics, colors (C, N, D), opacities, depths: per camera and Gaussian, as projected; isect_offsets
+    and flatten_ids from :func:`sparse3d.kernels.gaussian_tiles.intersect_tiles`; backgrounds (C, D) or None.
+    With ``absgrad``, the backward stores the per-Gaussian sum of |dL/dmeans2d| over pixels as
+    ``means2d.absgrad`` (the AbsGS densification statistic, as gsplat does).
+    """
+    return _RasterizeToPixels.apply(
+        means2d, conics, colors, opacities, backgrounds, depths, isect_offsets, flatten_ids, width, height,
+        tile_size, absgrad,
+    )

@@ -1,34 +1,37 @@
-"""Score rendered test views against SpaRe-layout ground truth: PSNR, PSNR-M, SSIM, SSIM-M, LPIPS, LPIPS-M.
+"""Score rendered test views against SpaRe ground truth: PSNR, PSNR-M, SSIM, SSIM-M, LPIPS, LPIPS-M.
 
-Protocol (SpaRe design note §7, our reading where the site is silent):
+The protocol is that of the AIM 2024 Sparse Neural Rendering Challenge on its SpaRe dataset (Nazarczuk et al.,
+"AIM 2024 Sparse Neural Rendering Challenge: Dataset and Benchmark", ECCV Workshops 2024; data layout and
+evaluation rules at https://sparebenchmark.github.io), whose scenes come from the synthetic SpaRe set and from
+DTU (Jensen et al., "Large Scale Multi-view Stereopsis Evaluation", CVPR 2014). Where the challenge text leaves
+a choice open, the choice made here is written into every result (:meth:`RenderEvaluation.protocol`):
 
 * Predictions are a directory or a submission ``.zip`` holding ``<scene>/<image_filename(dataset, view,
   3)>`` for every scene and test view of the split; ground truth is read with :mod:`sparse3d.io.spare`
   (lighting 3).
 * Before any metric is computed every expected file is checked: missing files, files that are not PNG and size
   mismatches are all listed in one error. Nothing is resized; alpha channels are dropped by the reader.
-* Per image: PSNR, SSIM and LPIPS on the full frame. With a GT mask (``<scene>/masks/<stem>.png``):
-  PSNR-M in the chosen mode (:data:`~sparse3d.metrics.image.PSNR_MASK_MODES`), SSIM-M and LPIPS-M on the
-  crop to the GT mask's tight box (grown to 11 px for SSIM and 31 px for LPIPS when thinner, see
-  :mod:`sparse3d.metrics.image`). Without a mask, or with an empty one, the -M metrics of that image are
-  *not computed* (``None``).
+* Per image: PSNR, SSIM (Wang et al., IEEE TIP 2004) and LPIPS (Zhang et al., CVPR 2018) on the full frame.
+  With a GT mask (``<scene>/masks/<stem>.png``): PSNR-M in the chosen mode
+  (:data:`~sparse3d.metrics.image.PSNR_MASK_MODES`), SSIM-M and LPIPS-M on the crop to the GT mask's tight
+  box (grown to 11 px for SSIM and 31 px for LPIPS when thinner, see :mod:`sparse3d.metrics.image`). Without
+  a mask, or with an empty one, the -M metrics of that image are *not computed* (``None``).
 * Per scene: mean over its images (the -M means over the images that have them). Per dataset: mean of
   the scene means, "Synthetic" and "DTU" separately, never mixed. A mean including an infinite PSNR is
   infinite.
 * LPIPS needs two user files (AlexNet backbone + v0.1 heads); without them it is *not computed*.
+
+Writers for these results (JSON, CSV, markdown) are in :mod:`sparse3d.spare.report`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +53,11 @@ from sparse3d.metrics import image as M
 from sparse3d.metrics.lpips import LPIPS, MIN_SIZE, describe_weights, resolve_weights
 from sparse3d.utils.errors import UserError
 
-log = logging.getLogger("sparse3d.metrics.rendering")
+log = logging.getLogger("sparse3d.spare.evaluation")
 
 PathLike = str | Path
 METRICS = ("psnr", "psnr_m", "ssim", "ssim_m", "lpips", "lpips_m")
-LABELS = {
-    "psnr": "PSNR",
-    "psnr_m": "PSNR-M",
-    "ssim": "SSIM",
-    "ssim_m": "SSIM-M",
-    "lpips": "LPIPS",
-    "lpips_m": "LPIPS-M",
-}
-NOT_COMPUTED = "n/c"
+"""Metric keys, in table order; every per-image, per-scene and per-dataset record has one field per key."""
 
 
 @dataclass
@@ -238,7 +233,8 @@ def _score_image(
     return out
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_present(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that are not ``None`` (not computed); ``None`` when there are none."""
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
 
@@ -252,7 +248,7 @@ def _aggregate(images: list[ImageScore], entries: dict[str, SplitEntry]) -> tupl
             "num_images": len(rows),
             "num_masked": sum(im.psnr_m is not None for im in rows),
         }
-        summary.update({key: _mean([getattr(im, key) for im in rows]) for key in METRICS})
+        summary.update({key: mean_present([getattr(im, key) for im in rows]) for key in METRICS})
         scenes[name] = summary
     datasets: dict[str, dict[str, Any]] = {}
     for dataset in DATASETS:
@@ -265,7 +261,7 @@ def _aggregate(images: list[ImageScore], entries: dict[str, SplitEntry]) -> tupl
             "num_scenes_masked": sum(s["psnr_m"] is not None for s in members.values()),
             "scenes": list(members),
         }
-        summary.update({key: _mean([s[key] for s in members.values()]) for key in METRICS})
+        summary.update({key: mean_present([s[key] for s in members.values()]) for key in METRICS})
         datasets[dataset] = summary
     return scenes, datasets
 
@@ -365,129 +361,3 @@ def evaluate_rendering(
         "split": str(split_path.resolve()),
     }
     return RenderEvaluation(images, scene_summary, dataset_summary, psnr_mask_mode, lpips_info, sources)
-
-
-# -------------------------------------------------------------------------------------------------- writers
-def _json_value(value: Any) -> Any:
-    """JSON has no infinity: +inf PSNR (identical images) is written as the string "inf"; NaN as null."""
-    if isinstance(value, float):
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return value
-
-
-def to_json_dict(result: RenderEvaluation) -> dict[str, Any]:
-    return _json_value(
-        {
-            "protocol": result.protocol(),
-            "lpips": result.lpips,
-            "sources": result.sources,
-            "datasets": result.datasets,
-            "scenes": result.scenes,
-            "images": [asdict(im) for im in result.images],
-        }
-    )
-
-
-def write_json(result: RenderEvaluation, path: PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """The full result (protocol, LPIPS weights, per dataset/scene/image) plus ``extra`` top-level fields."""
-    p = Path(path)
-    data = {**to_json_dict(result), **_json_value(dict(extra or {}))}
-    p.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    return p
-
-
-METRIC_DIGITS = {"psnr": 2, "psnr_m": 2, "ssim": 4, "ssim_m": 4, "lpips": 4, "lpips_m": 4}
-"""Decimal places each metric is shown with in tables."""
-
-
-def format_metric(value: float | None, metric: str) -> str:
-    """A table cell: the value at the metric's precision, ``inf``, or the not-computed marker."""
-    if value is None:
-        return NOT_COMPUTED
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.{METRIC_DIGITS[metric]}f}"
-
-
-def write_csv(result: RenderEvaluation, path: PathLike) -> Path:
-    """One row per image; not-computed values are empty cells, an infinite PSNR is ``inf``."""
-    p = Path(path)
-    columns = [
-        "scene",
-        "dataset",
-        "view",
-        "file",
-        "width",
-        "height",
-        *METRICS,
-        "mask_fraction",
-        "bbox_r0",
-        "bbox_r1",
-        "bbox_c0",
-        "bbox_c1",
-    ]
-    with p.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for im in result.images:
-            metrics = ["" if getattr(im, k) is None else repr(float(getattr(im, k))) for k in METRICS]
-            fraction = "" if im.mask_fraction is None else repr(im.mask_fraction)
-            box = list(im.bbox) if im.bbox is not None else ["", "", "", ""]
-            writer.writerow(
-                [im.scene, im.dataset, im.view, im.file, im.width, im.height, *metrics, fraction, *box]
-            )
-    return p
-
-
-def lpips_status(result: RenderEvaluation) -> str:
-    info = result.lpips
-    if not info.get("computed"):
-        return "LPIPS: not computed (no weights; set lpips.backbone and lpips.heads)"
-    if info.get("backbone_is_reference") and info.get("heads_is_reference"):
-        return "LPIPS: AlexNet v0.1 (published weights)"
-    return "LPIPS: AlexNet v0.1 with NON-REFERENCE weights (not comparable with published numbers)"
-
-
-def to_markdown(result: RenderEvaluation) -> str:
-    """Per-dataset tables (one row per scene, then the dataset mean) with the protocol choices named."""
-    lines = [
-        "# Rendering evaluation",
-        "",
-        f"- PSNR-M mode: `{result.psnr_mask_mode}`",
-        f"- {lpips_status(result)}",
-        f"- `{NOT_COMPUTED}` = not computed (-M metrics: no object mask; LPIPS: no weights)",
-        "- dataset mean = mean of scene means; Synthetic and DTU are never mixed",
-    ]
-    header = "| Scene | Images | " + " | ".join(LABELS[k] for k in METRICS) + " |"
-    rule = "|---|---:|" + "---:|" * len(METRICS)
-    for dataset, summary in result.datasets.items():
-        lines += ["", f"## {dataset}", "", header, rule]
-        for name in summary["scenes"]:
-            scene = result.scenes[name]
-            cells = " | ".join(format_metric(scene[k], k) for k in METRICS)
-            lines.append(f"| {name} | {scene['num_images']} | {cells} |")
-        cells = " | ".join(f"**{format_metric(summary[k], k)}**" for k in METRICS)
-        count = summary["num_scenes"]
-        lines.append(
-            f"| **{dataset} mean** ({count} scene{'' if count == 1 else 's'}) | {summary['num_images']} "
-            f"| {cells} |"
-        )
-        if 0 < summary["num_scenes_masked"] < summary["num_scenes"]:
-            lines.append("")
-            lines.append(
-                f"-M means over the {summary['num_scenes_masked']} of {summary['num_scenes']} scenes "
-                "that have masks."
-            )
-    return "\n".join(lines) + "\n"
-
-
-def write_markdown(result: RenderEvaluation, path: PathLike) -> Path:
-    p = Path(path)
-    p.write_text(to_markdown(result))
-    return p

@@ -1,1 +1,0 @@
-"""Hydra configs of the SpaRe benchmark tools (sparse3d-spare)."""

@@ -1,0 +1,181 @@
+"""Plain 3D Gaussian Splatting (Kerbl et al., SIGGRAPH 2023) as a per-scene method, without densification.
+
+The method is fitted by :class:`sparse3d.train.scene_trainer.SceneTrainer`: ``setup`` initialises the Gaussians
+and one Adam per parameter kind (the 3DGS learning rates, positions scaled by the scene extent), each
+``training_step`` renders one input view drawn at random and takes a step on ``(1 - w) L1 + w (1 - SSIM)``
+(w = 0.2 as in 3DGS); the position learning rate decays exponentially to ``means_lr_final`` times its start
+value over the run, and the SH degree grows by one every ``sh_increase_every`` steps. Densification and pruning
+(and the sparse-view regularisers) are separate methods built on the same model.
+
+Initialisation without a point cloud: ``num_points`` Gaussians uniformly in a cube centred where the input
+cameras look (the least-squares meeting point of their optical axes), with a half-size of ``init_extent``
+times the mean camera distance to it, grey, opacity 0.1, isotropic scales from the 3 nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparse3d.cameras import Cameras
+from sparse3d.io.gaussian_ply import save_gaussian_ply
+from sparse3d.io.spare import rig_target
+from sparse3d.models.splatting.gaussians import DEFAULT_LRS, GaussianModel, make_adam
+from sparse3d.models.splatting.losses import photometric_loss
+from sparse3d.views import PosedImages
+
+PLY_NAME = "point_cloud.ply"
+
+
+def look_target(cameras: Cameras) -> torch.Tensor:
+    """Where the cameras look: their optical axes' meeting point, or 1 unit in front of a single camera."""
+    cpu = cameras.to("cpu")
+    if len(cpu) < 2:
+        return (cpu.centers[0] + cpu.R[0, 2, :]).float()
+    return rig_target(cpu)
+
+
+class GaussianSplatting:
+    """3DGS fitted to the input views of one scene (see the module docstring).
+
+    Args:
+        default_steps: steps when the loop config does not set ``max_steps``.
+        num_points: Gaussians of the random initialisation.
+        init_extent: half-size of the initial cube, as a fraction of the mean camera distance to the target.
+        sh_degree: final SH degree (0-3); ``sh_increase_every`` steps per degree.
+        ssim_weight: weight of the D-SSIM term.
+        opacity: initial opacity.
+        lrs: learning-rate overrides (keys of :data:`~sparse3d.models.splatting.gaussians.DEFAULT_LRS`).
+        means_lr_final: final / initial position learning rate.
+        background: RGB the renders are composited over (SpaRe scenes sit in a black box).
+    """
+
+    def __init__(
+        self,
+        default_steps: int = 300,
+        num_points: int = 20_000,
+        init_extent: float = 0.3,
+        sh_degree: int = 1,
+        sh_increase_every: int = 100,
+        ssim_weight: float = 0.2,
+        opacity: float = 0.1,
+        lrs: Mapping[str, float] | None = None,
+        means_lr_final: float = 0.01,
+        background: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> None:
+        if default_steps < 0 or num_points < 1 or not init_extent > 0 or sh_increase_every < 1:
+            raise ValueError("default_steps >= 0, num_points >= 1, init_extent > 0 and sh_increase_every >= 1 are "
+                             f"required, got {default_steps}, {num_points}, {init_extent}, {sh_increase_every}")
+        if not 0 <= sh_degree <= 3 or not 0.0 <= ssim_weight <= 1.0 or not 0.0 < opacity < 1.0:
+            raise ValueError(f"sh_degree must be 0-3, ssim_weight in [0, 1], opacity in (0, 1); got {sh_degree}, "
+                             f"{ssim_weight}, {opacity}")
+        if len(background) != 3 or not 0.0 < means_lr_final <= 1.0:
+            raise ValueError(f"background needs 3 values and means_lr_final must be in (0, 1], got {list(background)}, "
+                             f"{means_lr_final}")
+        unknown = set(lrs or {}) - set(DEFAULT_LRS)
+        if unknown:
+            raise ValueError(f"unknown learning-rate keys {sorted(unknown)}; expected {sorted(DEFAULT_LRS)}")
+        self.default_steps = int(default_steps)
+        self.num_points, self.init_extent = int(num_points), float(init_extent)
+        self.max_sh_degree, self.sh_increase_every = int(sh_degree), int(sh_increase_every)
+        self.ssim_weight, self.opacity = float(ssim_weight), float(opacity)
+        self.lrs = dict(lrs or {})
+        self.means_lr_final = float(means_lr_final)
+        self.background_rgb = tuple(float(v) for v in background)
+        self.model: GaussianModel | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.views: PosedImages | None = None
+        self.scene_extent = 1.0
+        self.max_steps = 0
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def setup(self, views: PosedImages, max_steps: int) -> None:
+        """Random Gaussians around the cameras' look-at point, and their Adam."""
+        self.views = views
+        self.max_steps = int(max_steps)
+        device = views.images.device
+        target = look_target(views.cameras).to(device)
+        centres = views.cameras.centers.to(device).float()
+        distance = float((centres - target).norm(dim=-1).mean())
+        # 3DGS's scene extent: 1.1 x the largest camera distance from the cameras' mean centre (at least the
+        # target distance, so a single or collocated camera still gets a sensible scale).
+        self.scene_extent = 1.1 * max(float((centres - centres.mean(0)).norm(dim=-1).max()), distance)
+        half = self.init_extent * distance
+        points = target + (torch.rand(self.num_points, 3, device=device) * 2 - 1) * half
+        self.model = GaussianModel.from_points(points, sh_degree=self.max_sh_degree, opacity=self.opacity)
+        self.optimizer = make_adam(self.model, self.scene_extent, self.lrs)
+        self.step = 0
+
+    # ---------------------------------------------------------------------------------------- training
+    def _require(self) -> tuple[GaussianModel, torch.optim.Optimizer, PosedImages]:
+        if self.model is None or self.optimizer is None or self.views is None:
+            raise RuntimeError("call setup() first")
+        return self.model, self.optimizer, self.views
+
+    def active_sh_degree(self, step: int) -> int:
+        return min(self.max_sh_degree, step // self.sh_increase_every)
+
+    def _means_lr(self, step: int) -> float:
+        start = DEFAULT_LRS["means"] if "means" not in self.lrs else self.lrs["means"]
+        t = min(1.0, step / max(1, self.max_steps))
+        return start * self.scene_extent * math.exp(t * math.log(self.means_lr_final))
+
+    def training_step(self, step: int) -> dict[str, float]:
+        model, optimizer, views = self._require()
+        for group in optimizer.param_groups:
+            if group["name"] == "means":
+                group["lr"] = self._means_lr(step)
+        index = int(torch.randint(len(views), (1,)))
+        target = views.images[index : index + 1]
+        colors, _ = model.render(views.cameras[index], self._background(), sh_degree=self.active_sh_degree(step))
+        loss, parts = photometric_loss(colors, target, self.ssim_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        self.step = step + 1
+        return {"loss": float(loss.detach()), **parts, "num_gaussians": float(len(model))}
+
+    def _background(self) -> torch.Tensor:
+        model, _, _ = self._require()
+        return torch.tensor(self.background_rgb, device=model.means.device)
+
+    # ------------------------------------------------------------------------------------------ output
+    def render(self, cameras: Cameras) -> torch.Tensor:
+        model, _, _ = self._require()
+        with torch.no_grad():
+            colors, _ = model.render(cameras.to(model.means.device), self._background(),
+                                     sh_degree=self.active_sh_degree(self.step))
+        return colors[..., :3].clamp(0.0, 1.0)
+
+    def export(self, out_dir: Path) -> list[Path]:
+        """The Gaussians as a standard 3DGS PLY (SuperSplat, gsplat and the 3DGS viewers open it)."""
+        model, _, _ = self._require()
+        return [save_gaussian_ply(Path(out_dir) / PLY_NAME, model.to_cloud())]
+
+    def summary(self) -> dict[str, Any]:
+        model, _, _ = self._require()
+        return {"num_gaussians": len(model), "sh_degree": self.active_sh_degree(self.step),
+                "scene_extent": self.scene_extent}
+
+    # ------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        model, optimizer, _ = self._require()
+        return {"gaussians": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "step": self.step, "scene_extent": self.scene_extent}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Rebuild the Gaussians with the saved count (densified runs differ from ``setup``'s) and their Adam."""
+        _, _, views = self._require()
+        g = state["gaussians"]
+        device = views.images.device
+        self.model = GaussianModel(g["means"].to(device), g["log_scales"].to(device), g["quats"].to(device),
+                                   g["opacity_logits"].to(device), g["sh0"].to(device), g["sh_rest"].to(device))
+        self.scene_extent = float(state["scene_extent"])
+        self.optimizer = make_adam(self.model, self.scene_extent, self.lrs)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])

@@ -1,0 +1,68 @@
+"""Posed images: what every per-scene method is fitted on and scored against.
+
+:class:`PosedImages` holds views of one scene with their :class:`~sparse3d.cameras.Cameras`; :class:`SceneViews`
+pairs the input views a method may see with the held-out test views it is scored on. Readers of real formats
+(SpaRe/DTU, and LLFF, nerfstudio, COLMAP as they land) return these types, so methods never see file layouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from sparse3d.cameras import Cameras
+
+
+@dataclass(frozen=True)
+class PosedImages:
+    """Views of one scene.
+
+    Attributes:
+        images: (V, H, W, 3) float32 in [0, 1].
+        cameras: the V cameras the images were taken with (``width``/``height`` match the images).
+        masks: optional (V, H, W) bool object masks.
+        scene: the scene's name (for logs and per-scene settings).
+        names: optional file names of the views (renders of test views are written under these names).
+    """
+
+    images: torch.Tensor
+    cameras: Cameras
+    masks: torch.Tensor | None = None
+    scene: str = ""
+    names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or self.images.shape[-1] != 3:
+            raise ValueError(f"images must be (V, H, W, 3), got {tuple(self.images.shape)}")
+        if self.images.shape[0] != len(self.cameras):
+            raise ValueError(f"{self.images.shape[0]} images but {len(self.cameras)} cameras")
+        if (self.images.shape[2], self.images.shape[1]) != (self.cameras.width, self.cameras.height):
+            raise ValueError(
+                f"images are {self.images.shape[2]}x{self.images.shape[1]} but cameras are "
+                f"{self.cameras.width}x{self.cameras.height}"
+            )
+        if self.masks is not None and self.masks.shape != self.images.shape[:3]:
+            raise ValueError(f"masks must be (V, H, W) = {tuple(self.images.shape[:3])}, got {tuple(self.masks.shape)}")
+        if self.names and len(self.names) != self.images.shape[0]:
+            raise ValueError(f"{len(self.names)} names for {self.images.shape[0]} images")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def view_names(self) -> Sequence[str]:
+        """File names of the views: the given ones, else ``view_000.png``, ``view_001.png``..."""
+        return self.names or tuple(f"view_{i:03d}.png" for i in range(len(self)))
+
+
+@dataclass(frozen=True)
+class SceneViews:
+    """One scene for a per-scene method: the input views it is fitted on and optional held-out test views."""
+
+    inputs: PosedImages
+    test: PosedImages | None = None
+
+    @property
+    def name(self) -> str:
+        return self.inputs.scene
