@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
-
 from sparse3d.io.spare import (
     image_filename,
     load_images,
@@ -21,23 +17,9 @@ from sparse3d.io.spare import (
     read_split,
 )
 from sparse3d.utils.errors import UserError
-from sparse3d.views import PosedImages, SceneViews
+from sparse3d.views import PosedImages, SceneViews, resample_views
 
 PathLike = str | Path
-
-
-def _resample(views: PosedImages, width: int, height: int) -> PosedImages:
-    if (views.cameras.width, views.cameras.height) == (width, height):
-        return views
-    images = np.stack([cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
-                       for img in views.images.numpy()])
-    masks = None
-    if views.masks is not None:
-        masks = torch.from_numpy(np.stack([
-            cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
-            for m in views.masks.numpy()]))
-    return PosedImages(torch.from_numpy(np.clip(images, 0.0, 1.0)), views.cameras.resized(width, height), masks,
-                       views.scene, views.names)
 
 
 def load_spare_scene(
@@ -82,6 +64,6 @@ def load_spare_scene(
             names=tuple(image_filename(entry.dataset, v, 3) for v in entry.test_views),
         )
     if width is not None and height is not None:
-        inputs = _resample(inputs, int(width), int(height))
-        test = _resample(test, int(width), int(height)) if test is not None else None
+        inputs = resample_views(inputs, int(width), int(height))
+        test = resample_views(test, int(width), int(height)) if test is not None else None
     return SceneViews(inputs, test)

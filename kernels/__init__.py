@@ -14,6 +14,7 @@ KERNEL_MODULES: tuple[str, ...] = (
     "sparse3d.kernels.kernel_map",
     "sparse3d.kernels.sparse_conv",
     "sparse3d.kernels.set_partition",
+    "sparse3d.kernels.knn",
     "sparse3d.kernels.gaussian_projection",
     "sparse3d.kernels.gaussian_sh",
     "sparse3d.kernels.gaussian_tiles",

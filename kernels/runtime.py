@@ -73,6 +73,24 @@ def _init_capturing_stderr() -> None:
             print(line, file=sys.stderr)
 
 
+def modules_compiling() -> list[str]:
+    """Names of the Warp modules this process is compiling right now (empty before Warp is initialised).
+
+    Read from the build folders Warp keeps in its kernel cache only while a compile runs
+    (``<module folder>_p<pid>_t<thread>``), so it costs one directory listing and no lock.
+    """
+    cache = wp.config.kernel_cache_dir if _INITIALISED else None
+    if not cache or not os.path.isdir(cache):
+        return []
+    marker = f"_p{os.getpid()}_t"
+    names = set()
+    for entry in os.listdir(cache):
+        folder, found, _ = entry.partition(marker)
+        if found and folder.startswith("wp_"):
+            names.add(folder[3:].rsplit("_", 1)[0])  # wp_<module name>_<hash>
+    return sorted(names)
+
+
 def cpu_threads() -> int:
     """Number of chunks a CPU launch is split into (env ``SPARSE3D_CPU_THREADS``, default: all cores)."""
     env = os.environ.get("SPARSE3D_CPU_THREADS")

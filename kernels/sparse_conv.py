@@ -15,9 +15,13 @@ voxels touches ~40 % of its 27 neighbours). Three implementations of the same su
   lists; when both rows are active at an offset, each weight row is loaded once for both. No scatter, no atomics.
 * Backward to the features is the same convolution on the transposed map with transposed weights
   (``grad_x[i] = sum_k grad[nbr_t[i, k]] @ W[k]^T``), with the transpose's own tiles on the CPU.
+* **Weight gradient** ``grad_W[k] = x[in_k]^T @ grad[out_k]``, a reduction over each offset's pairs: on the CPU
+  (input channels in multiples of :data:`WGRAD_ROWS`, output channels of :data:`LANES`) a Warp kernel in which
+  one thread sums a chunk of one offset's pairs for an 8-channel x 16/32-lane block in registers, the chunks'
+  partial sums then added per offset (:func:`_weight_grad_kernel`), the identity offset of a submanifold map
+  included.
 * **torch gather -> GEMM -> scatter per offset** over the map's pair lists, in cache-sized blocks: the other
-  channel counts, and the weight gradient ``grad_W[k] = x[in_k]^T @ grad[out_k]`` (a reduction over pairs,
-  which BLAS does best).
+  channel counts, and the weight gradient on CUDA (where cuBLAS does the reduction well).
 The CPU build of spconv (traveller59/spconv) cannot run its convolutions backward; this module trains on the CPU.
 """
 
@@ -469,6 +473,126 @@ def _accumulate(src: torch.Tensor, weight: torch.Tensor, gather_idx: torch.Tenso
     return out
 
 
+WGRAD_CHUNK_PAIRS = 2048
+"""Pairs per task of :func:`_weight_grad_kernel`: enough to amortise writing a partial sum, few enough that
+every offset splits into tasks for all cores."""
+WGRAD_ROWS = 8
+"""Input channels per task of :func:`_weight_grad_kernel`: 8 rows x 32 lanes of sums fill 16 512-bit registers
+(16 rows of 16 lanes, tried too, need a broadcast load per multiply-add; chosen by benchmark)."""
+WGRAD_ROWS_C = wp.constant(WGRAD_ROWS)
+
+
+@wp.kernel
+def _weight_grad_kernel(
+    offset: int,
+    x: wp.array2d(dtype=wp.float32),
+    g: wp.array2d(dtype=Any),
+    inputs: wp.array(dtype=wp.int64),
+    outputs: wp.array(dtype=wp.int64),
+    chunk_start: wp.array(dtype=wp.int32),
+    chunk_end: wp.array(dtype=wp.int32),
+    partial: wp.array3d(dtype=Any),
+):
+    """partial[c, 8·cb + r, j] = sum over pairs p of chunk c of x[inputs[p], 8·cb + r] · g[outputs[p], j].
+
+    ``x`` is (M_in, C_in) floats, ``g`` (M_out, C_out / L) and ``partial`` (chunks, C_in, C_out / L) of L-float
+    vectors. One thread owns one chunk of one offset's pairs, a block of :data:`WGRAD_ROWS` input channels and
+    one output slice, and keeps that 8 x L block of the sum in registers: per pair, one multiply-add of the
+    pair's gradient slice per input channel. Each (chunk, block, slice) has one writer, so the split over cores
+    needs no atomics and the sums do not depend on thread scheduling.
+    """
+    e = wp.tid() + offset
+    blocks = x.shape[1] / WGRAD_ROWS_C
+    slices = g.shape[1]
+    c = e / (blocks * slices)
+    rest = e - c * blocks * slices
+    cb = rest / slices
+    j = rest - cb * slices
+    a0 = g.dtype()
+    a1 = g.dtype()
+    a2 = g.dtype()
+    a3 = g.dtype()
+    a4 = g.dtype()
+    a5 = g.dtype()
+    a6 = g.dtype()
+    a7 = g.dtype()
+    r = cb * WGRAD_ROWS_C
+    for p in range(chunk_start[c], chunk_end[c]):
+        i = int(inputs[p])
+        gv = g[int(outputs[p]), j]
+        a0 = a0 + x[i, r] * gv
+        a1 = a1 + x[i, r + 1] * gv
+        a2 = a2 + x[i, r + 2] * gv
+        a3 = a3 + x[i, r + 3] * gv
+        a4 = a4 + x[i, r + 4] * gv
+        a5 = a5 + x[i, r + 5] * gv
+        a6 = a6 + x[i, r + 6] * gv
+        a7 = a7 + x[i, r + 7] * gv
+    partial[c, r, j] = a0
+    partial[c, r + 1, j] = a1
+    partial[c, r + 2, j] = a2
+    partial[c, r + 3, j] = a3
+    partial[c, r + 4, j] = a4
+    partial[c, r + 5, j] = a5
+    partial[c, r + 6, j] = a6
+    partial[c, r + 7, j] = a7
+
+
+for _v in _VECS.values():
+    wp.overload(
+        _weight_grad_kernel,
+        {
+            "offset": int,
+            "x": wp.array2d(dtype=wp.float32),
+            "g": wp.array2d(dtype=_v),
+            "inputs": wp.array(dtype=wp.int64),
+            "outputs": wp.array(dtype=wp.int64),
+            "chunk_start": wp.array(dtype=wp.int32),
+            "chunk_end": wp.array(dtype=wp.int32),
+            "partial": wp.array3d(dtype=_v),
+        },
+    )
+
+
+def wgrad_warp_path(device: torch.device, c_in: int, c_out: int) -> bool:
+    """Whether the weight gradient of a ``c_in`` -> ``c_out`` convolution on ``device`` runs
+    :func:`_weight_grad_kernel` (on the CPU, ``c_in`` a multiple of :data:`WGRAD_ROWS` and ``c_out`` of
+    :data:`LANES`); else torch gather + GEMM per offset, which BLAS does well on CUDA."""
+    return device.type == "cpu" and c_in > 0 and c_in % WGRAD_ROWS == 0 and warp_path(c_out)
+
+
+def _weight_grad_warp(feats: torch.Tensor, grad_out: torch.Tensor, pairs: PairLists, grad_w: torch.Tensor) -> None:
+    """Add ``sum_pairs x[in]^T grad[out]`` of every offset to ``grad_w`` (K, C_in, C_out).
+
+    The identity offset goes through the kernel like the others: one launch and no torch GEMM, whose OpenMP
+    workers would otherwise compete with the kernel's threads (see :func:`~sparse3d.kernels.runtime.serial_torch_ops`).
+    """
+    starts, ends, owners = [], [], []
+    for k in range(len(pairs.starts) - 1):
+        for s in range(pairs.starts[k], pairs.starts[k + 1], WGRAD_CHUNK_PAIRS):
+            starts.append(s)
+            ends.append(min(s + WGRAD_CHUNK_PAIRS, pairs.starts[k + 1]))
+            owners.append(k)
+    if not starts:
+        return
+    c_in, c_out = grad_w.shape[1], grad_w.shape[2]
+    lanes = next(n for n in _VECS if c_out % n == 0)
+    vec, slices = _VECS[lanes], c_out // lanes
+    dev = feats.device
+    partial = torch.empty(len(starts), c_in, c_out, dtype=torch.float32, device=dev)
+    args = [
+        to_wp(feats),
+        to_wp(grad_out.view(grad_out.shape[0], slices, lanes), dtype=vec),
+        to_wp(pairs.inputs),
+        to_wp(pairs.outputs),
+        to_wp(torch.tensor(starts, dtype=torch.int32, device=dev)),
+        to_wp(torch.tensor(ends, dtype=torch.int32, device=dev)),
+        to_wp(partial.view(len(starts), c_in, slices, lanes), dtype=vec),
+    ]
+    launch(_weight_grad_kernel, len(starts) * (c_in // WGRAD_ROWS) * slices, args, wp_device(feats), min_split=2)
+    grad_w.index_add_(0, torch.tensor(owners, dtype=torch.int64, device=dev), partial)
+
+
 class SparseConvFunction(torch.autograd.Function):
     """features (M_in, C_in), weight (K, C_in, C_out), kernel map (nbr, nbr_t) and its pair lists -> (M_out, C_out).
 
@@ -508,6 +632,9 @@ class SparseConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             pairs = get_pairs()
             grad_w = torch.zeros_like(w)
+            if wgrad_warp_path(feats.device, w.shape[1], w.shape[2]):
+                _weight_grad_warp(feats, grad_out, pairs, grad_w)
+                return grad_feats, grad_w, None, None, None, None, None
             if pairs.identity >= 0:
                 torch.mm(feats.t(), grad_out, out=grad_w[pairs.identity])
             width = max(w.shape[1], w.shape[2])

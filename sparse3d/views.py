@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
+import numpy as np
 import torch
 
 from sparse3d.cameras import Cameras
@@ -66,3 +68,25 @@ class SceneViews:
     @property
     def name(self) -> str:
         return self.inputs.scene
+
+
+def resample_views(views: PosedImages, width: int, height: int) -> PosedImages:
+    """The same views at ``width`` x ``height``: images area-averaged (OpenCV ``INTER_AREA``), masks nearest
+    neighbour, cameras rescaled with :meth:`~sparse3d.cameras.Cameras.resized`. Returns ``views`` unchanged
+    when it already has that size."""
+    if int(width) < 1 or int(height) < 1:
+        raise ValueError(f"width and height must be >= 1, got {width} x {height}")
+    width, height = int(width), int(height)
+    if (views.cameras.width, views.cameras.height) == (width, height):
+        return views
+    images = np.zeros((len(views), height, width, 3), np.float32)
+    for i, img in enumerate(views.images.cpu().numpy()):
+        images[i] = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA).reshape(height, width, 3)
+    masks = None
+    if views.masks is not None:
+        masks = torch.zeros(len(views), height, width, dtype=torch.bool)
+        for i, m in enumerate(views.masks.cpu().numpy()):
+            small = cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+            masks[i] = torch.from_numpy(small.reshape(height, width) > 0)
+    return PosedImages(torch.from_numpy(np.clip(images, 0.0, 1.0)), views.cameras.resized(width, height), masks,
+                       views.scene, views.names)

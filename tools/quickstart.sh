@@ -2,7 +2,8 @@
 # sparse3d quick start: `bash tools/quickstart.sh demo` runs the end-to-end demo, `bash tools/quickstart.sh test`
 # runs the test suite. Both first make sure a virtual env with sparse3d and its dependencies exists (.venv, or
 # $SPARSE3D_VENV): CPU torch 2.13.0 when no NVIDIA GPU is visible (override with $SPARSE3D_TORCH_SPEC), the
-# Debian package libusb-1.0-0 that open3d needs (installed with apt-get when running as root).
+# Debian package libusb-1.0-0 that open3d needs (installed with apt-get when running as root). Then it compiles the
+# Warp kernels into Warp's kernel cache (a progress bar on the first run only; later runs find them cached).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,16 +62,23 @@ ensure_venv() {
   echo "$want" > "$stamp"
 }
 
+compile_kernels() {
+  # Compile now, with a progress bar, rather than inside the first training step (cached after the first run).
+  "$VENV/bin/python" -m sparse3d.kernels.warmup --device "$1"
+}
+
 ensure_system_packages
 ensure_venv
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
 case "$MODE" in
   demo)
+    compile_kernels auto
     log "demo: generate synthetic LiDAR scenes, voxelise, train a sparse-conv U-Net, write a summary"
     exec sparse3d-train experiment=quickstart "$@"
     ;;
   test)
+    compile_kernels cpu
     # The pytest executable (not `python -m pytest`) keeps the repo root off sys.path.
     export SPARSE3D_RUN_SLOW=1  # the whole suite, slow integration runs included
     exec pytest -q "$@"

@@ -43,18 +43,18 @@ def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
 def knn_mean_distance(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
     """(N,) root of the mean squared distance to the ``k`` nearest other points (3DGS's initial scale).
 
-    Brute force in row chunks (memory chunk × N); fine for the 10^4-10^5 points of an initial cloud.
+    ``points`` is (N, 3) on the CPU or a CUDA device; distances are computed in float32 by the exact grid
+    search :func:`sparse3d.kernels.knn.knn_distances` and returned in ``points``' dtype. A duplicate of a point
+    is a neighbour at distance 0; with fewer than ``k`` other points the mean is over all of them, and a lone
+    point gets 1. ``chunk`` is accepted for compatibility and ignored (the search needs no row blocks).
     """
+    from sparse3d.kernels.knn import knn_distances
+
     n = points.shape[0]
     if n < 2:
         return torch.ones(n, dtype=points.dtype, device=points.device)
-    k = min(k, n - 1)
-    out = torch.empty(n, dtype=points.dtype, device=points.device)
-    for start in range(0, n, chunk):
-        d2 = torch.cdist(points[start : start + chunk], points).square()
-        nearest = torch.topk(d2, k + 1, dim=1, largest=False).values[:, 1:]  # drop the point itself
-        out[start : start + chunk] = nearest.mean(1).sqrt()
-    return out
+    sqdist, _ = knn_distances(points.detach().to(torch.float32), min(k, n - 1))
+    return sqdist.mean(1).sqrt().to(points.dtype)
 
 
 class GaussianModel(nn.Module):
@@ -159,18 +159,26 @@ class GaussianModel(nn.Module):
                                  self.scales.detach().clone(), self.opacities.detach().clone(), self.sh.detach().clone())
 
     def render(
-        self, cameras: Cameras, background: torch.Tensor | None = None, sh_degree: int | None = None
+        self, cameras: Cameras, background: torch.Tensor | None = None, sh_degree: int | None = None,
+        *, absgrad: bool = False, meta: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(C, H, W, 3) colours and (C, H, W, 1) alphas of ``cameras``; ``background`` (3,) or (C, 3)."""
+        """(C, H, W, 3) colours and (C, H, W, 1) alphas of ``cameras``; ``background`` (3,) or (C, 3).
+
+        ``meta``: a dict that receives the rasterizer's meta (``means2d``, ``radii``, ``width``, ... as
+        :func:`sparse3d.render.gaussians.rasterize_gaussians` returns them), for densification statistics;
+        ``absgrad`` is passed to the rasterizer.
+        """
         from sparse3d.render.gaussians import rasterize_gaussians
 
         c = len(cameras)
         bg = None if background is None else background.to(self.means).reshape(-1, 3).expand(c, 3).contiguous()
-        colors, alphas, _ = rasterize_gaussians(
+        colors, alphas, out = rasterize_gaussians(
             self.means, self.quats, self.scales, self.opacities, self.sh,
             cameras.viewmat.to(self.means), cameras.K.to(self.means), cameras.width, cameras.height,
-            sh_degree=self.sh_degree if sh_degree is None else sh_degree, backgrounds=bg,
+            sh_degree=self.sh_degree if sh_degree is None else sh_degree, backgrounds=bg, absgrad=absgrad,
         )
+        if meta is not None:
+            meta.update(out)
         return colors, alphas
 
 

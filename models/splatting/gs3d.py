@@ -1,11 +1,14 @@
-"""Plain 3D Gaussian Splatting (Kerbl et al., SIGGRAPH 2023) as a per-scene method, without densification.
+"""Plain 3D Gaussian Splatting (Kerbl et al., SIGGRAPH 2023) as a per-scene method, optionally densifying.
 
 The method is fitted by :class:`sparse3d.train.scene_trainer.SceneTrainer`: ``setup`` initialises the Gaussians
 and one Adam per parameter kind (the 3DGS learning rates, positions scaled by the scene extent), each
 ``training_step`` renders one input view drawn at random and takes a step on ``(1 - w) L1 + w (1 - SSIM)``
 (w = 0.2 as in 3DGS); the position learning rate decays exponentially to ``means_lr_final`` times its start
-value over the run, and the SH degree grows by one every ``sh_increase_every`` steps. Densification and pruning
-(and the sparse-view regularisers) are separate methods built on the same model.
+value over the run, and the SH degree grows by one every ``sh_increase_every`` steps. With ``densify`` (the
+keyword arguments of :class:`~sparse3d.models.splatting.densify.DefaultDensification`), the 3DGS adaptive density
+control (clone / split by screen-space gradient, pruning, opacity reset; gsplat's default strategy) runs after
+each optimizer update, its schedule fitted to the run length; ``densify=None`` keeps the initial Gaussians.
+The sparse-view regularisers are separate methods built on the same model.
 
 Initialisation without a point cloud: ``num_points`` Gaussians uniformly in a cube centred where the input
 cameras look (the least-squares meeting point of their optical axes), with a half-size of ``init_extent``
@@ -24,6 +27,7 @@ import torch
 from sparse3d.cameras import Cameras
 from sparse3d.io.gaussian_ply import save_gaussian_ply
 from sparse3d.io.spare import rig_target
+from sparse3d.models.splatting.densify import DefaultDensification
 from sparse3d.models.splatting.gaussians import DEFAULT_LRS, GaussianModel, make_adam
 from sparse3d.models.splatting.losses import photometric_loss
 from sparse3d.views import PosedImages
@@ -52,6 +56,8 @@ class GaussianSplatting:
         lrs: learning-rate overrides (keys of :data:`~sparse3d.models.splatting.gaussians.DEFAULT_LRS`).
         means_lr_final: final / initial position learning rate.
         background: RGB the renders are composited over (SpaRe scenes sit in a black box).
+        densify: keyword arguments of :class:`~sparse3d.models.splatting.densify.DefaultDensification`
+            (``{}`` for gsplat's defaults), or None for a fixed set of Gaussians.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class GaussianSplatting:
         lrs: Mapping[str, float] | None = None,
         means_lr_final: float = 0.01,
         background: Sequence[float] = (0.0, 0.0, 0.0),
+        densify: Mapping[str, Any] | None = None,
     ) -> None:
         if default_steps < 0 or num_points < 1 or not init_extent > 0 or sh_increase_every < 1:
             raise ValueError("default_steps >= 0, num_points >= 1, init_extent > 0 and sh_increase_every >= 1 are "
@@ -86,6 +93,10 @@ class GaussianSplatting:
         self.lrs = dict(lrs or {})
         self.means_lr_final = float(means_lr_final)
         self.background_rgb = tuple(float(v) for v in background)
+        self.densify = None if densify is None else dict(densify)
+        if self.densify is not None:
+            DefaultDensification(**self.densify)  # a bad key or value fails here, not at the first scene
+        self.strategy: DefaultDensification | None = None
         self.model: GaussianModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.views: PosedImages | None = None
@@ -109,6 +120,9 @@ class GaussianSplatting:
         points = target + (torch.rand(self.num_points, 3, device=device) * 2 - 1) * half
         self.model = GaussianModel.from_points(points, sh_degree=self.max_sh_degree, opacity=self.opacity)
         self.optimizer = make_adam(self.model, self.scene_extent, self.lrs)
+        self.strategy = None if self.densify is None else DefaultDensification(**self.densify)
+        if self.strategy is not None:
+            self.strategy.configure(len(self.model), self.max_steps, self.scene_extent, device)
         self.step = 0
 
     # ---------------------------------------------------------------------------------------- training
@@ -132,11 +146,18 @@ class GaussianSplatting:
                 group["lr"] = self._means_lr(step)
         index = int(torch.randint(len(views), (1,)))
         target = views.images[index : index + 1]
-        colors, _ = model.render(views.cameras[index], self._background(), sh_degree=self.active_sh_degree(step))
+        strategy = self.strategy
+        meta: dict[str, Any] | None = None if strategy is None else {}
+        colors, _ = model.render(views.cameras[index], self._background(), sh_degree=self.active_sh_degree(step),
+                                 absgrad=strategy is not None and strategy.absgrad, meta=meta)
+        if strategy is not None and meta is not None:
+            strategy.step_pre_backward(meta)
         loss, parts = photometric_loss(colors, target, self.ssim_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if strategy is not None and meta is not None:
+            strategy.step_post_backward(model, optimizer, step, meta)  # after the update, as gsplat's trainer
         self.step = step + 1
         return {"loss": float(loss.detach()), **parts, "num_gaussians": float(len(model))}
 
@@ -159,14 +180,20 @@ class GaussianSplatting:
 
     def summary(self) -> dict[str, Any]:
         model, _, _ = self._require()
-        return {"num_gaussians": len(model), "sh_degree": self.active_sh_degree(self.step),
-                "scene_extent": self.scene_extent}
+        info: dict[str, Any] = {"num_gaussians": len(model), "sh_degree": self.active_sh_degree(self.step),
+                                "scene_extent": self.scene_extent}
+        if self.strategy is not None:
+            info["densify"] = self.strategy.summary()
+        return info
 
     # ------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         model, optimizer, _ = self._require()
-        return {"gaussians": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "step": self.step, "scene_extent": self.scene_extent}
+        state = {"gaussians": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                 "optimizer": optimizer.state_dict(), "step": self.step, "scene_extent": self.scene_extent}
+        if self.strategy is not None:
+            state["densify"] = self.strategy.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Rebuild the Gaussians with the saved count (densified runs differ from ``setup``'s) and their Adam."""
@@ -179,3 +206,11 @@ class GaussianSplatting:
         self.optimizer = make_adam(self.model, self.scene_extent, self.lrs)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        if self.strategy is not None:
+            if "densify" not in state:
+                raise ValueError("the checkpoint was written without densification; set method.densify=null to "
+                                 "resume it")
+            self.strategy.load_state_dict(state["densify"])
+            if self.strategy.grad2d.shape[0] != len(self.model):
+                raise ValueError(f"densification statistics for {self.strategy.grad2d.shape[0]} Gaussians, "
+                                 f"checkpoint has {len(self.model)}")

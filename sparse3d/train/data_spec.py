@@ -96,12 +96,15 @@ class DataSpec:
     def prepare(self) -> None:
         """Generate the data set when ``generate_if_missing`` is set and ``root`` does not exist yet.
 
-        Rank 0 generates; the other ranks wait at a barrier so nobody reads half-written files.
+        Rank 0 generates; the other ranks wait at a barrier so nobody reads half-written files. Whether to
+        generate is rank 0's decision, shared with every rank: a rank that looked at the folder itself a few
+        milliseconds later would find the one rank 0 is writing, skip the barrier and leave the ranks' collectives
+        out of step (a half-read data set, or a hang until the collective timeout).
         """
         if self.root is None:
             return
         root = Path(self.root)
-        if root.exists():
+        if D.broadcast_object(root.exists()):
             return
         if not self.generate_if_missing or self.generator is None:
             raise UserError(
@@ -111,7 +114,7 @@ class DataSpec:
         if D.current_dist_info().is_main:
             log.info("data root %s is missing: generating it with %s", root, _get(self.generator, "_target_"))
             build(self.generator)
-        D.barrier()
+        D.barrier("data generation")
         if not root.exists():
             raise UserError(f"the data generator finished but {root} still does not exist")
 

@@ -10,10 +10,13 @@ import contextlib
 import datetime
 import logging
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from sparse3d.kernels.warmup import FIRST_RUN_NOTICE
 
 log = logging.getLogger("sparse3d.train")
 
@@ -31,19 +34,69 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     return " | ".join(f"{key} {metrics[key]:.4g}" for key in keys)
 
 
-class ProgressReporter:
-    """Tracks speed and ETA; drives the tqdm bar and emits periodic log lines."""
+FIRST_STEP_NOTICE_S = 10.0
+"""A first step still running after this many seconds gets a log line saying why it is slow."""
 
-    def __init__(self, total_steps: int | None, start_step: int, enabled: bool, show_bar: bool) -> None:
+
+def _kernels_compiling() -> list[str]:
+    """Warp modules this process is compiling now (none when Warp was never imported)."""
+    if "warp" not in sys.modules:
+        return []
+    try:
+        from sparse3d.kernels.runtime import modules_compiling
+    except ImportError:
+        return []
+    return modules_compiling()
+
+
+class ProgressReporter:
+    """Tracks speed and ETA; drives the tqdm bar and emits periodic log lines.
+
+    Speed and ETA are measured from the end of the first step this process runs: that step also pays one-time
+    costs (on a machine's first run Warp compiles the kernels; caches and allocators warm up), which would
+    otherwise inflate the ETA for the whole run. Until a second step ends the rate is 0 and the ETA unknown.
+    When the first step is still running after ``first_step_notice_s`` seconds (``None``: never), one log line
+    says so, naming the Warp modules being compiled if any (:data:`FIRST_RUN_NOTICE`). ``clock`` is the time
+    source (seconds).
+    """
+
+    def __init__(
+        self,
+        total_steps: int | None,
+        start_step: int,
+        enabled: bool,
+        show_bar: bool,
+        *,
+        first_step_notice_s: float | None = FIRST_STEP_NOTICE_S,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.total_steps = total_steps
         self.start_step = start_step
         self.enabled = enabled
-        self.start_time = time.perf_counter()
+        self._clock = clock
+        self.start_time = clock()
+        self._rate_origin: tuple[int, float] | None = None  # (step, time) at the end of the first step
         self._bar: Any = None
+        self._notice: threading.Timer | None = None
         if enabled and show_bar and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        if enabled and first_step_notice_s is not None:
+            self._notice = threading.Timer(first_step_notice_s, self._first_step_is_slow, args=(first_step_notice_s,))
+            self._notice.daemon = True
+            self._notice.start()
+
+    def _first_step_is_slow(self, waited_s: float) -> None:
+        step = self.start_step + 1
+        compiling = _kernels_compiling()
+        if compiling:
+            log.info("step %d: %s: Warp is compiling %s (cached for later runs; `python -m sparse3d.kernels.warmup` "
+                     "compiles them ahead of time); speed and ETA leave this step out",
+                     step, FIRST_RUN_NOTICE, ", ".join(compiling))
+        else:
+            log.info("step %d is still running after %.3g s (one-time set-up on first use); speed and ETA leave "
+                     "this step out", step, waited_s)
 
     @contextlib.contextmanager
     def logging_redirect(self) -> Iterator[None]:
@@ -57,24 +110,35 @@ class ProgressReporter:
             yield
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start_time
+        """Seconds since the reporter was created (the first step included)."""
+        return self._clock() - self.start_time
 
     def rate(self, step: int) -> float:
-        """Steps per second since this process started training."""
-        done = step - self.start_step
-        elapsed = self.elapsed()
-        return done / elapsed if elapsed > 0 and done > 0 else 0.0
+        """Steps per second after the first step (0 until a later step has ended)."""
+        if self._rate_origin is None:
+            return 0.0
+        origin_step, origin_time = self._rate_origin
+        done, seconds = step - origin_step, self._clock() - origin_time
+        return done / seconds if seconds > 0 and done > 0 else 0.0
 
     def eta(self, step: int) -> float:
-        """Seconds left at the current speed (inf when unknown)."""
-        rate = self.rate(step)
-        if self.total_steps is None or rate <= 0:
+        """Seconds left at the current speed: 0 once ``total_steps`` is reached, inf while unknown."""
+        if self.total_steps is None:
             return float("inf")
-        return max(0, self.total_steps - step) / rate
+        if step >= self.total_steps:
+            return 0.0
+        rate = self.rate(step)
+        return (self.total_steps - step) / rate if rate > 0 else float("inf")
 
     def update(self, step: int, loss: float) -> None:
-        """Advance the bar by one step and show the latest loss."""
+        """Record that ``step`` ended: advance the bar and show the latest loss."""
+        first = self._rate_origin is None
+        if first:
+            self._rate_origin = (step, self._clock())
+            self._cancel_notice()
         if self._bar is not None:
+            if first:
+                self._bar.unpause()  # the bar's rate, like ours, leaves the first step out
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
 
@@ -92,7 +156,14 @@ class ProgressReporter:
         parts.append(f"ETA {format_duration(self.eta(step))}")
         log.info(" | ".join(parts))
 
+    def _cancel_notice(self) -> None:
+        if self._notice is not None:
+            self._notice.cancel()
+            self._notice = None
+
     def close(self) -> None:
+        """Stop the first-step notice timer and close the bar."""
+        self._cancel_notice()
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -6,6 +6,12 @@ torchrun a bare ``cuda`` means ``cuda:<LOCAL_RANK>``) and initialises the defaul
 ``WORLD_SIZE > 1``; nested entries reuse that session, so a CLI can set up the process before building data
 and the trainer inside it does not do it a second time. The process group is destroyed by the entry that
 created it, and only by that one.
+
+Joining the group and every collective wait at most ``SPARSE3D_DIST_TIMEOUT_S`` seconds for the other ranks,
+and each rank prints its threads' stacks on SIGUSR1 (and, with ``SPARSE3D_HANG_DUMP_S``, when it hangs or is
+stopped): see :mod:`sparse3d.train.distributed`. Code between collectives must take the same path on every
+rank, deciding from values every rank shares (e.g. :func:`~sparse3d.train.distributed.broadcast_object`), not
+from the file system each rank reads at a different moment.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from sparse3d.cli.bench import rewrite_argv
 from sparse3d.kernels import KERNEL_MODULES
 
 BENCH = Path(sys.executable).parent / "sparse3d-bench"
-NO_FAMILIES = "sizes={voxelize:[],subm_conv:[],segment:[]}"
+NO_FAMILIES = "sizes={voxelize:[],subm_conv:[],segment:[],knn:[]}"
 
 
 def _run_bench(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:

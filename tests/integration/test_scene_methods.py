@@ -125,3 +125,43 @@ def test_spare_submit_fits_the_same_method_config_per_scene(
     for state in states:  # the shared loop ran each scene: its checkpoint holds 5 steps of this method
         ckpt = torch.load(state / "checkpoints" / "last.ckpt", weights_only=True)
         assert ckpt["step"] == 5 and ckpt["kind"] == "scene" and ckpt["method"]["gaussians"]["means"].shape == (500, 3)
+
+
+def test_gs3d_densifying_fit_grows_the_gaussians_and_improves_test_views(
+    tiny_spare: Path, tmp_path: Path, hydra_compose
+) -> None:
+    """gsplat's default strategy through the shared loop, its schedule written for this 80-step run: refinements
+    at steps 25, 50 and 75 change the count (clones + children - pruned), the fit still beats the first render."""
+    scene = load_spare_scene(tiny_spare, SPLIT)
+    schedule = {"refine_every": 25, "refine_start": 20, "refine_stop": 80, "reset_every": 1000, "schedule_steps": 80}
+    cfg = hydra_compose("train", ["experiment=gs3d_spare", "method.num_points=3000",
+                                  *(f"method.densify.{k}={v}" for k, v in schedule.items())])
+    method = method_factory(cfg.method)()
+    summary = SceneTrainer({"device": "cpu", "progress": False, "max_steps": 80, "log_every": 20},
+                           tmp_path / "run").fit(method, scene)
+    start, end = summary["test_initial"], summary["test"]
+    assert end["psnr"] > start["psnr"] + 3.0 and end["psnr_m"] > start["psnr_m"], (start, end)
+    info = summary["method_info"]
+    densify = info["densify"]
+    assert densify["refinements"] == 3 and densify["opacity_resets"] == 0
+    assert densify["cloned"] + densify["split"] > 0
+    assert info["num_gaussians"] == 3000 + densify["cloned"] + densify["split"] - densify["pruned"] != 3000
+    cloud = load_gaussian_ply(tmp_path / "run" / "point_cloud.ply")
+    assert cloud.means.shape == (info["num_gaussians"], 3)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["method"]["densify"]["grad2d"].shape == (info["num_gaussians"],)
+
+
+@pytest.mark.slow
+def test_killed_densifying_run_resumes_from_its_checkpoint(
+    tiny_spare: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume test above with densification firing around its checkpoints: the statistics accumulated before
+    the step-20 checkpoint decide the refinement at step 20; refinements at 30 and 40, an opacity reset at 30."""
+    schedule = {"refine_every": 10, "refine_start": 10, "refine_stop": 50, "reset_every": 30, "schedule_steps": 60}
+    monkeypatch.setattr(sys.modules[__name__], "FAST", [*FAST, *(f"method.densify.{k}={v}" for k, v in schedule.items())])
+    test_killed_run_resumes_from_its_checkpoint(tiny_spare, tmp_path)
+    full, resumed = (json.loads(next((tmp_path / run).rglob("summary.json")).read_text())["method_info"]
+                     for run in ("full", "killed"))
+    assert full["densify"]["refinements"] == 3 and full["densify"]["opacity_resets"] == 1
+    assert full["num_gaussians"] != 3000 and resumed == full

@@ -329,6 +329,86 @@ def test_tiles_of_another_map_are_rejected(coords):
         sparse_conv(f2, w, km.nbr, km.nbr_t, tiles_t=other).sum().backward()
 
 
+# ------------------------------------------------------------------------------------------ weight gradient
+# On the CPU the weight gradient runs the Warp reduction kernel when C_in is a multiple of SC.WGRAD_ROWS and
+# C_out of SC.LANES (16- and 32-lane slices), else torch gather + GEMM; each path is forced against the oracle.
+WGRAD_CHANNELS = [(8, 16), (8, 32), (16, 48), (24, 64), (32, 32)]
+
+
+def _weight_grad(km, feats, weight, g, **conv_kwargs) -> torch.Tensor:
+    w = weight.clone().requires_grad_(True)
+    (gw,) = torch.autograd.grad(sparse_conv(feats, w, km.nbr, km.nbr_t, **conv_kwargs), w, g)
+    return gw
+
+
+def _dense_weight_grad(in_coords, feats, weight, g, grid, out_coords, **conv_args) -> torch.Tensor:
+    w = weight.clone().requires_grad_(True)
+    ref = RC.conv_at_sites(in_coords, feats, w, grid, (3, 3, 3), out_coords, **conv_args)
+    (gw,) = torch.autograd.grad(ref, w, g)
+    return gw
+
+
+@pytest.mark.parametrize("force_torch", [False, True])
+@pytest.mark.parametrize("c_in,c_out", WGRAD_CHANNELS)
+def test_weight_gradient_paths_vs_dense(monkeypatch, c_in, c_out, force_torch):
+    assert SC.wgrad_warp_path(torch.device("cpu"), c_in, c_out)
+    if force_torch:
+        monkeypatch.setattr(SC, "wgrad_warp_path", lambda *args: False)
+    grid = (12, 10, 8)
+    coords = occupancy_coords(grid, 2, 0.35, seed=60)
+    feats, weight = rand(coords.shape[0], c_in, seed=61), rand(27, c_in, c_out, seed=62) * 0.1
+    sub = KM.submanifold_map(coords, grid, 3)
+    g = rand(coords.shape[0], c_out, seed=63)
+    close(_weight_grad(sub, feats, weight, g), _dense_weight_grad(coords, feats, weight, g, grid, coords, padding=1))
+    # A strided map has no identity offset: every offset goes through the reduction.
+    fwd = KM.strided_map(coords, grid, 3, 2, 1)
+    g = rand(fwd.out_coords.shape[0], c_out, seed=64)
+    close(_weight_grad(fwd, feats, weight, g),
+          _dense_weight_grad(coords, feats, weight, g, grid, fwd.out_coords, stride=(2, 2, 2), padding=(1, 1, 1)))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_weight_gradient_chunks_split_offsets_anywhere(monkeypatch, chunk):
+    # Tiny chunks: many chunks per offset, a partial last chunk in every offset, single-pair chunks.
+    monkeypatch.setattr(SC, "WGRAD_CHUNK_PAIRS", chunk)
+    grid = (9, 8, 7)
+    coords = occupancy_coords(grid, 1, 0.4, seed=65)
+    km = KM.submanifold_map(coords, grid, 3)
+    feats, weight = rand(coords.shape[0], 16, seed=66), rand(27, 16, 32, seed=67) * 0.1
+    g = rand(coords.shape[0], 32, seed=68)
+    close(_weight_grad(km, feats, weight, g), _dense_weight_grad(coords, feats, weight, g, grid, coords, padding=1))
+
+
+def test_weight_gradient_of_isolated_voxels_and_inactive_offsets():
+    # Only the centre offset is active (every other offset has no pair), and a map that is entirely inactive.
+    coords = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 4], [0, 4, 4, 0]], dtype=torch.int32)
+    grid = (6, 6, 6)
+    km = KM.submanifold_map(coords, grid, 3)
+    feats, weight, g = rand(3, 8, seed=69), rand(27, 8, 16, seed=70), rand(3, 16, seed=71)
+    gw = _weight_grad(km, feats, weight, g)
+    expected = torch.zeros(27, 8, 16)
+    expected[13] = feats.t() @ g
+    close(gw, expected, 1e-5)
+    empty = torch.full((3, 27), -1, dtype=torch.int32)
+    w = weight.clone().requires_grad_(True)
+    out = sparse_conv(feats, w, empty, KM.transpose_map(empty, 3))
+    (gw,) = torch.autograd.grad(out, w, g)
+    assert torch.equal(gw, torch.zeros(27, 8, 16))
+
+
+def test_weight_gradient_of_a_large_map_matches_the_torch_path(monkeypatch):
+    # Offsets with thousands of pairs (several default chunks each); the torch path is the reference here.
+    grid = (40, 40, 12)
+    coords = occupancy_coords(grid, 1, 0.3, seed=72)
+    km = KM.submanifold_map(coords, grid, 3)
+    assert max(b - a for a, b in zip(km.pairs.starts, km.pairs.starts[1:])) > 2 * SC.WGRAD_CHUNK_PAIRS
+    feats, weight = rand(coords.shape[0], 32, seed=73), rand(27, 32, 32, seed=74) * 0.1
+    g = rand(coords.shape[0], 32, seed=75)
+    warp = _weight_grad(km, feats, weight, g, pairs=km.pairs)
+    monkeypatch.setattr(SC, "wgrad_warp_path", lambda *args: False)
+    close(warp, _weight_grad(km, feats, weight, g, pairs=km.pairs), 1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------- chunks
 def test_pair_lists_group_active_entries_by_offset():
     grid = (12, 10, 8)

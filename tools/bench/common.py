@@ -17,6 +17,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -224,6 +225,7 @@ class BenchRecord:
 
     ``speedup_vs_peer`` = ``peer_s / ours_s`` (> 1: ours is faster); it is derived, never set by hand.
     ``extra`` holds suite-specific fields (``torch_ref_s``, quality metrics...), flattened into the dict.
+    Every record also names the host's CPU (``cpu_model``, ``cpu_isa``: see :func:`cpu_info`).
     """
 
     suite: str
@@ -257,6 +259,9 @@ class BenchRecord:
             if key in out:
                 raise ValueError(f"extra field {key!r} would overwrite a required record field")
             out[key] = value
+        info = cpu_info()
+        out.setdefault("cpu_model", info.model)
+        out.setdefault("cpu_isa", info.isa)
         if "torch_ref_s" in out and "speedup_vs_torch_ref" not in out:
             out["speedup_vs_torch_ref"] = ratio(out["torch_ref_s"], self.ours_s)
         return out
@@ -299,31 +304,101 @@ def write_json(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str
     return out
 
 
+MATMUL_SIZE = 2048
+"""Side of the square float32 matrices whose product measures the machine's dense compute rate."""
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The host CPU as benchmark tables name it."""
+
+    model: str
+    """Marketing name (``model name`` of ``/proc/cpuinfo``), else :func:`platform.processor`."""
+    isa: str
+    """Widest SIMD class: ``AVX-512``, ``AVX2``, ``AVX``, ``SSE4.2`` on x86; ``SVE``, ``NEON`` on Arm; else the
+    architecture name (``platform.machine()``)."""
+
+
+def isa_class(flags: Iterable[str], machine: str) -> str:
+    """Widest SIMD instruction-set class named by CPU feature ``flags`` (x86 ``flags``, Arm ``Features``).
+
+    AVX-512 means the foundation subset ``avx512f``; kernels tuned for it and for AVX2 can differ in speed, so
+    the tables keep one result per class.
+    """
+    have = {f.lower() for f in flags}
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"),
+                       ("sve", "SVE"), ("asimd", "NEON")):
+        if flag in have:
+            return name
+    if machine.lower() in ("arm64", "aarch64"):
+        return "NEON"  # Advanced SIMD is mandatory on 64-bit Arm
+    return machine or "unknown"
+
+
+def parse_cpuinfo(text: str, machine: str) -> CpuInfo:
+    """:class:`CpuInfo` from the text of ``/proc/cpuinfo`` (first processor's model name and flags)."""
+    model, flags = "", ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = value
+    return CpuInfo(model or platform.processor() or machine or "unknown CPU", isa_class(flags.split(), machine))
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """This host's :class:`CpuInfo` (read once)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        text = ""
+    return parse_cpuinfo(text, platform.machine())
+
+
+@functools.cache
+def _matmul_gflops(size: int, threads: int, repeats: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g)
+    b = torch.randn(size, size, generator=g)
+    m = measure(lambda: a @ b, repeats)
+    return 2.0 * size**3 / m.median_s / 1e9
+
+
+def matmul_gflops(size: int = MATMUL_SIZE, repeats: int = 5) -> float:
+    """The host's dense float32 rate: GFLOP/s of torch's ``size``² matmul on torch's current thread count.
+
+    Median of ``repeats`` products after a warm-up; measured once per process, size and thread count, so the
+    caption and the records of one run quote the same number. Sparse kernels are compared with it so that
+    results from different CPUs can be put side by side.
+    """
+    return _matmul_gflops(size, torch.get_num_threads(), repeats)
+
+
 def machine_description(device: str = "cpu") -> str:
-    """One line naming the host, thread counts and library versions (goes above every table)."""
-    import torch
+    """One line naming the host (CPU model, SIMD class, cores), thread counts and library versions (goes above
+    every table); for a ``cpu`` run also the measured :func:`matmul_gflops` rate."""
     import warp as wp
 
     from sparse3d.kernels.runtime import cpu_threads
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    info = cpu_info()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parts = [
         f"device {device}",
-        f"{cpu}, {cores} cores",
+        f"{info.model} ({info.isa}), {cores} cores",
         f"torch {torch.__version__} with {torch.get_num_threads()} intra-op threads (default, same for ours and peers)",
         f"Warp {wp.__version__} CPU launches split over {cpu_threads()} threads",
     ]
     if device.startswith("cuda") and torch.cuda.is_available():
         parts.insert(1, torch.cuda.get_device_name(torch.device(device)))
+    else:
+        parts.append(
+            f"torch {MATMUL_SIZE}² float32 matmul {matmul_gflops():.0f} GFLOP/s on {torch.get_num_threads()} threads"
+        )
     return "; ".join(parts)
 
 

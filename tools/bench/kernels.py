@@ -17,6 +17,11 @@ Families and the questions they answer:
   (dense index-volume map + torch gather-GEMM) and spconv's CPU ``SubMConv3d``.
 * ``segment`` -- VFE-style max / mean pooling of per-point features into voxels vs the ``scatter_reduce``
   reference (and ``torch_scatter`` when installed).
+* ``knn`` -- the 3 nearest other points of every point of a LiDAR-like cloud (the 3D Gaussian Splatting
+  initial scale) vs the brute-force oracle and Open3D's k-d trees: ``KDTreeFlann`` queried point by point (its
+  only query API) and the batched ``open3d.core.nns.NearestNeighborSearch``; the fastest is the headline peer.
+  Beyond :data:`KNN_ORACLE_ROWS` points the oracle is timed on that many evenly spaced query rows and scaled
+  to all rows (its cost is linear in them), which the notes say.
 * ``cuda_compile=True`` adds one ``kernels-cuda-compile`` record per module of ``KERNEL_MODULES``: Warp's
   ahead-of-time CUDA compile for sm80 + sm90, which needs no GPU.
 """
@@ -38,18 +43,19 @@ from typing import Any
 
 import torch
 
-from sparse3d.bench.common import BenchRecord, Measurement, measure, prepare_run
+from sparse3d.bench.common import MATMUL_SIZE, BenchRecord, Measurement, matmul_gflops, measure, prepare_run
 
 log = logging.getLogger("sparse3d.bench.kernels")
 
 SUITE = "kernels"
 COMPILE_SUITE = "kernels-cuda-compile"
 
-FAMILIES: tuple[str, ...] = ("voxelize", "subm_conv", "segment")
+FAMILIES: tuple[str, ...] = ("voxelize", "subm_conv", "segment", "knn")
 DEFAULT_SIZES: dict[str, tuple[int, ...]] = {
     "voxelize": (1_000_000, 4_000_000),  # points
     "subm_conv": (100_000,),  # voxels
     "segment": (1_000_000,),  # points
+    "knn": (100_000,),  # points
 }
 QUICK_DIVISOR = 10
 QUICK_MAX_REPEATS = 2
@@ -63,6 +69,8 @@ CONV_Z_RANGE: tuple[float, float] = (-2.0, 4.0)  # 40 voxels of 0.15 m
 CONV_HALF_EXTENT_100K = 40.0  # metres: 200 x 200 x 40 grid at 100k voxels
 CONV_CHANNELS = 32
 SEGMENT_CHANNELS = 32
+KNN_K = 3  # 3DGS: initial scale = RMS distance to the 3 nearest neighbours
+KNN_ORACLE_ROWS = 2_000
 
 SENSOR_HEIGHT = 1.73  # KITTI HDL-64E mount height: the road is at z = -1.73 in the LiDAR frame
 POINTS_PER_SWEEP = 125_000  # about one HDL-64 spin
@@ -286,6 +294,21 @@ def _seconds(m: Measurement | None) -> float | None:
     return None if m is None else m.median_s
 
 
+_PeerRun = tuple[str, Measurement | None, str, float | None]
+"""(peer name, its measurement or None when not run, notes, its peak RSS increase)."""
+
+
+def _headline_peer(peers: Sequence[_PeerRun]) -> tuple[str | None, float | None, float | None, str]:
+    """The fastest timed peer as (name, seconds, peak RSS, note listing every timed peer), or the reasons none
+    ran."""
+    timed = [(name, m, rss) for name, m, _, rss in peers if m is not None]
+    if not timed:
+        return None, None, None, _join(*(f"{p[0]}: {p[2]}" for p in peers)) or "no peer installed"
+    name, best, rss = min(timed, key=lambda p: p[1].median_s)
+    others = ", ".join(f"{n} {m.median_s:.3g} s" for n, m, _ in timed)
+    return name, best.median_s, rss, f"fastest peer of: {others}"
+
+
 # ------------------------------------------------------------------------------------------- voxelize
 def _bench_voxelize(run: _Run, n: int) -> list[BenchRecord]:
     """Ours vs the torch reference vs spconv PointToVoxel / Open3D voxel_down_sample on ``n`` points."""
@@ -317,7 +340,7 @@ def _bench_voxelize(run: _Run, n: int) -> list[BenchRecord]:
         ref_note = "torch ref is CPU-only: not timed against a cuda run"
     del out
 
-    peers: list[tuple[str, Measurement | None, str, float | None]] = []  # (peer, time, notes, peer rss)
+    peers: list[_PeerRun] = []  # (peer, time, notes, peer rss)
     if not run.on_cpu:
         note = "CPU peers are not compared with a cuda run"
         peers += [("spconv PointToVoxel", None, note, None), ("open3d voxel_down_sample", None, note, None)]
@@ -326,16 +349,7 @@ def _bench_voxelize(run: _Run, n: int) -> list[BenchRecord]:
         peers.extend(_voxelize_open3d(run, points))
 
     records: list[BenchRecord] = []
-    timed = [p for p in peers if p[1] is not None]
-    if timed:
-        best = min(timed, key=lambda p: p[1].median_s)  # type: ignore[union-attr]
-        others = ", ".join(f"{p[0]} {p[1].median_s:.3g} s" for p in timed)  # type: ignore[union-attr]
-        main_peer, main_s = best[0], best[1].median_s  # type: ignore[union-attr]
-        main_note = f"fastest peer of: {others}"
-        main_rss = best[3]
-    else:
-        main_peer, main_s, main_rss = None, None, None
-        main_note = _join(*(f"{p[0]}: {p[2]}" for p in peers)) or "no peer installed"
+    main_peer, main_s, main_rss, main_note = _headline_peer(peers)
     records.append(
         BenchRecord(
             SUITE, "voxelize", n, ours.median_s, main_peer, main_s, ours.peak_rss_mb,
@@ -354,7 +368,7 @@ def _bench_voxelize(run: _Run, n: int) -> list[BenchRecord]:
     return records
 
 
-def _voxelize_spconv(run: _Run, points: torch.Tensor, num_voxels: int) -> tuple[str, Measurement | None, str, float | None]:
+def _voxelize_spconv(run: _Run, points: torch.Tensor, num_voxels: int) -> _PeerRun:
     name = "spconv PointToVoxel"
     if not _installed("spconv"):
         return name, None, "spconv not installed", None
@@ -382,7 +396,7 @@ def _voxelize_spconv(run: _Run, points: torch.Tensor, num_voxels: int) -> tuple[
     return name, m, note, m.peak_rss_mb
 
 
-def _voxelize_open3d(run: _Run, points: torch.Tensor) -> list[tuple[str, Measurement | None, str, float | None]]:
+def _voxelize_open3d(run: _Run, points: torch.Tensor) -> list[_PeerRun]:
     legacy_name, tensor_name = "open3d voxel_down_sample (legacy)", "open3d.t voxel_down_sample"
     if not _installed("open3d"):
         return [(legacy_name, None, "open3d not installed", None), (tensor_name, None, "open3d not installed", None)]
@@ -418,7 +432,7 @@ def _voxelize_open3d(run: _Run, points: torch.Tensor) -> list[tuple[str, Measure
         m.result = None
         return m, count
 
-    out: list[tuple[str, Measurement | None, str, float | None]] = []
+    out: list[_PeerRun] = []
     m, count = legacy()
     out.append((legacy_name, m, f"{common}; float64, {count} voxels", m.peak_rss_mb))
     m, count = tensor_api()
@@ -453,6 +467,7 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
     nbr, nbr_t, pairs = kmap.nbr, kmap.nbr_t, kmap.pairs
     active = int((nbr >= 0).sum())
     common["avg_neighbors"] = round(active / max(1, num_voxels), 2)
+    conv_flops = 2.0 * active * c * c  # one pass: a C_in x C_out multiply-add per active pair
     ref_map: Measurement | None = None
     ref_kmap = None
     map_note = "torch ref is CPU-only: not timed against a cuda run"
@@ -583,6 +598,8 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
                 )
             else:
                 notes.append(spconv_note)
+            notes.append(_conv_rate(extra, run, conv_flops, ours_m.median_s, peer_s,
+                                    "including the map" if label == "map+conv" else ""))
             records.append(
                 BenchRecord(SUITE, f"subm_conv k3 fwd ({label})", num_voxels, ours_m.median_s, peer_name, peer_s,
                             ours_m.peak_rss_mb, _join(*notes), extra)
@@ -629,11 +646,35 @@ def _bench_subm_conv(run: _Run, num_voxels: int) -> list[BenchRecord]:
         "no peer: spconv's CPU build cannot run backward (indice_conv_backward asserts CUDA)"
         if _installed("spconv") else "no peer: spconv not installed (and its CPU build has no backward)"
     )
+    notes.append(_conv_rate(extra, run, 3 * conv_flops, fb.median_s, None, "three passes"))
     records.append(
         BenchRecord(SUITE, "subm_conv k3 fwd+bwd (conv only)", num_voxels, fb.median_s, None, None,
                     fb.peak_rss_mb, _join(*notes), extra)
     )
     return records
+
+
+def _conv_rate(
+    extra: dict[str, Any], run: _Run, flops: float, ours_s: float, peer_s: float | None, what: str
+) -> str:
+    """Record ours' (and the peer's) GFLOP/s beside the machine's matmul rate in ``extra``; returns the note.
+
+    Only on a CPU run: the matmul rate is the host CPU's (:func:`sparse3d.bench.common.matmul_gflops`).
+    """
+    if not run.on_cpu:
+        return ""
+    machine = matmul_gflops()
+    ours = flops / ours_s / 1e9
+    extra["ours_gflops"] = ours
+    extra["machine_matmul_gflops"] = machine
+    note = (
+        f"ours {ours:.1f} GFLOP/s{' (' + what + ')' if what else ''} = {100 * ours / machine:.0f} % of this "
+        f"machine's torch {MATMUL_SIZE}² float32 matmul rate ({machine:.0f} GFLOP/s, {torch.get_num_threads()} threads)"
+    )
+    if peer_s is not None:
+        extra["peer_gflops"] = flops / peer_s / 1e9
+        note += f"; peer {extra['peer_gflops']:.1f} GFLOP/s"
+    return note
 
 
 def _spconv_mismatches(fn: Callable[[], torch.Tensor], ref: torch.Tensor, runs: int = 5) -> tuple[int, int]:
@@ -717,6 +758,102 @@ def _bench_segment(run: _Run, n: int) -> list[BenchRecord]:
     return records
 
 
+# ------------------------------------------------------------------------------------------------ knn
+def _bench_knn(run: _Run, n: int) -> list[BenchRecord]:
+    """The :data:`KNN_K` nearest other points of each of ``n`` LiDAR-like points: ours vs oracle vs Open3D."""
+    from sparse3d.kernels.knn import knn_distances
+    from sparse3d.kernels.reference.knn import knn_distances as ref_knn
+
+    points = lidar_like_cloud(n, seed=6)[:, :3].contiguous()
+    pts_dev = points.to(run.device)
+    ours = run.time(lambda: knn_distances(pts_dev, KNN_K), keep_result=True)
+    sqdist = ours.result[0].cpu()
+    ours.result = None
+    common: dict[str, Any] = {"size_unit": "points", "k": KNN_K}
+    notes_ours = (f"{KNN_K} nearest other points of each point of a LiDAR-like cloud (1/r density, rings, walls); "
+                  "ours returns squared distances + indices")
+
+    ref_s: float | None = None
+    ref_rss: float | None = None
+    ref_note = "torch ref is CPU-only: not timed against a cuda run"
+    if run.on_cpu:
+        rows = torch.linspace(0, n - 1, KNN_ORACLE_ROWS).long() if n > KNN_ORACLE_ROWS else torch.arange(n)
+        ref = run.time(lambda: ref_knn(points, KNN_K, rows), keep_result=True, on_device=False)
+        ok = bool(torch.allclose(sqdist[rows], ref.result[0], rtol=1e-6, atol=0.0))
+        ref.result = None
+        scale = n / rows.numel()
+        ref_s, ref_rss = ref.median_s * scale, ref.peak_rss_mb
+        timed = "" if scale == 1 else (f", timed on {rows.numel()} evenly spaced query rows of {n} and scaled "
+                                       f"×{scale:.4g} (its cost is linear in the rows)")
+        ref_note = _join(f"torch ref: brute force over all pairs (float32, top-k){timed}",
+                         _check_note(ok, "torch ref distances" + ("" if scale == 1 else " on those rows")))
+        common["torch_ref_rows"] = rows.numel()
+
+    peers: list[_PeerRun] = []
+    if not run.on_cpu:
+        note = "CPU peers are not compared with a cuda run"
+        peers += [("open3d KDTreeFlann", None, note, None), ("open3d.core.nns knn_search", None, note, None)]
+    else:
+        peers.extend(_knn_open3d(run, points, sqdist))
+
+    records: list[BenchRecord] = []
+    main_peer, main_s, main_rss, main_note = _headline_peer(peers)
+    name = f"knn k={KNN_K}"
+    records.append(
+        BenchRecord(SUITE, name, n, ours.median_s, main_peer, main_s, ours.peak_rss_mb,
+                    _join(notes_ours, ref_note, main_note),
+                    {**common, "torch_ref_s": ref_s, "torch_ref_peak_rss_mb": ref_rss, "peer_peak_rss_mb": main_rss})
+    )
+    for peer, m, note, rss in peers:
+        records.append(
+            BenchRecord(SUITE, f"{name} vs {peer}", n, ours.median_s, peer, _seconds(m), ours.peak_rss_mb, note,
+                        {**common, "peer_peak_rss_mb": rss})
+        )
+    return records
+
+
+def _knn_open3d(
+    run: _Run, points: torch.Tensor, sqdist: torch.Tensor
+) -> list[_PeerRun]:
+    """Open3D's k-d trees on the same points, each checked against our distances (untimed)."""
+    flann_name, nns_name = "open3d KDTreeFlann", "open3d.core.nns knn_search"
+    if not _installed("open3d"):
+        return [(flann_name, None, "open3d not installed", None), (nns_name, None, "open3d not installed", None)]
+    import numpy as np
+    import open3d as o3d
+
+    n, k = points.shape[0], KNN_K
+    xyz64 = points.double().numpy()
+    xyz32 = np.ascontiguousarray(points.numpy())
+
+    def flann() -> np.ndarray:
+        tree = o3d.geometry.KDTreeFlann(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz64)))
+        out = np.empty((n, k + 1))
+        for i in range(n):
+            out[i] = tree.search_knn_vector_3d(xyz64[i], k + 1)[2]
+        return out
+
+    def nns() -> np.ndarray:
+        index = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor(xyz32))
+        index.knn_index()
+        return index.knn_search(o3d.core.Tensor(xyz32), k + 1)[1].numpy()
+
+    semantics = ("asked for k + 1 neighbours including the query (a duplicate may take its place: same "
+                 "distances), the nearest dropped; builds its tree in the call, as ours builds its grids")
+    out: list[_PeerRun] = []
+    for name, fn, how in (
+        (flann_name, flann, "legacy API: one Python call per query point (its only query API), float64"),
+        (nns_name, nns, "tensor API: one batched call, float32, parallel"),
+    ):
+        m = run.time(fn, keep_result=True, on_device=False)
+        theirs = torch.from_numpy(np.asarray(m.result, dtype=np.float64)[:, 1:])
+        m.result = None
+        ok = bool(torch.allclose(theirs, sqdist.double(), rtol=1e-5, atol=1e-12))
+        out.append((name, m, _join(how, semantics, _check_note(ok, "ours (distances)")), m.peak_rss_mb))
+    gc.collect()
+    return out
+
+
 # --------------------------------------------------------------------------------------- cuda compile
 def cuda_compile_records(archs: Sequence[int] = CUDA_ARCHS) -> list[BenchRecord]:
     """Ahead-of-time CUDA compile (NVRTC, cubin) of every Warp kernel module, one record per module.
@@ -784,7 +921,7 @@ def run_kernels_suite(
     """Run the kernel benchmarks and return their records (see :mod:`sparse3d.bench.common`).
 
     ``quick`` divides every default size by 10 and caps ``repeats`` at 2 (CI smoke runs); ``sizes`` maps
-    ``voxelize`` / ``subm_conv`` / ``segment`` to explicit sizes. ``device`` places our inputs (``cpu`` or
+    ``voxelize`` / ``subm_conv`` / ``segment`` / ``knn`` to explicit sizes. ``device`` places our inputs (``cpu`` or
     ``cuda[:N]``); the torch references and the peers are CPU-only and are only timed on a ``cpu`` run.
     ``cuda_compile`` appends one AOT-compile record per Warp kernel module.
     """
@@ -796,6 +933,7 @@ def run_kernels_suite(
         "voxelize": _bench_voxelize,
         "subm_conv": _bench_subm_conv,
         "segment": _bench_segment,
+        "knn": _bench_knn,
     }
     for family in FAMILIES:
         for size in plan[family]:
