@@ -17,13 +17,18 @@ usage() { echo "usage: bash tools/quickstart.sh demo|test [extra arguments]" >&2
 log() { printf '\033[1m[sparse3d]\033[0m %s\n' "$*" >&2; }
 
 ensure_system_packages() {
-  if ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then return; fi
+  # open3d needs libusb; sparse3d-vis renders headless through Mesa's EGL (no X server needed).
+  local have missing=()
+  have="$(ldconfig -p 2>/dev/null || true)"
+  grep -q 'libusb-1.0.so.0' <<<"$have" || missing+=(libusb-1.0-0)
+  grep -q 'libEGL_mesa.so.0' <<<"$have" || missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+  [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing libusb-1.0-0 (needed by open3d)"
+    log "installing ${missing[*]} (open3d and headless rendering)"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    log "warning: libusb-1.0 is missing; open3d will not import. Install it, e.g. 'sudo apt-get install libusb-1.0-0'."
+    log "warning: missing Debian packages ${missing[*]}; install them, e.g. 'sudo apt-get install ${missing[*]}'."
   fi
 }
 
