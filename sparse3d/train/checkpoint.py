@@ -115,6 +115,18 @@ def write_run_checkpoint(state: dict[str, Any], ckpt_dir: Path, step: int, perio
     return last
 
 
+class RunDirectory:
+    """Where a training loop keeps its files: ``output_dir`` (the run), ``ckpt_dir`` in it, ``runs_root`` (where
+    ``resume=true`` looks for earlier runs, default the run's parent) and the app config stored in checkpoints."""
+
+    def __init__(self, output_dir: str | os.PathLike, full_config: Any = None,
+                 runs_root: str | os.PathLike | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.ckpt_dir = self.output_dir / CHECKPOINT_DIR
+        self.runs_root = Path(runs_root) if runs_root is not None else self.output_dir.parent
+        self.full_config = plain_config(full_config)
+
+
 def plain_config(config: Any) -> dict[str, Any] | None:
     """A resolved app config as plain containers (what checkpoints store so a run can be rebuilt)."""
     if config is None:

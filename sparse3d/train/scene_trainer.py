@@ -38,12 +38,11 @@ from sparse3d.config_schema import SceneTrainerConfig
 from sparse3d.io.images import write_png
 from sparse3d.metrics.image import psnr, psnr_masked, ssim
 from sparse3d.train.checkpoint import (
-    CHECKPOINT_DIR,
     LAST_NAME,
+    RunDirectory,
     atomic_write_json,
     capture_rng_state,
     load_checkpoint,
-    plain_config,
     preserved_rng_state,
     resolve_resume,
     restore_rng_state,
@@ -134,7 +133,7 @@ def score_views(renders: torch.Tensor, views: PosedImages) -> dict[str, float]:
     return metrics
 
 
-class SceneTrainer:
+class SceneTrainer(RunDirectory):
     """Run a :class:`SceneMethod` on one scene and leave its artefacts in ``output_dir``.
 
     Args:
@@ -152,11 +151,8 @@ class SceneTrainer:
         full_config: DictConfig | Mapping[str, Any] | None = None,
         runs_root: str | Path | None = None,
     ) -> None:
+        super().__init__(output_dir, full_config, runs_root)
         self.cfg = as_scene_trainer_config(cfg)
-        self.output_dir = Path(output_dir)
-        self.ckpt_dir = self.output_dir / CHECKPOINT_DIR
-        self.runs_root = Path(runs_root) if runs_root is not None else self.output_dir.parent
-        self.full_config = plain_config(full_config)
         self.step = 0
         self.resumed_from: Path | None = None
         self.initial_metrics: dict[str, float] = {}

@@ -36,10 +36,9 @@ import sparse3d
 from sparse3d.config_schema import TrainerConfig
 from sparse3d.train import distributed as D
 from sparse3d.train.checkpoint import (
-    CHECKPOINT_DIR,
+    RunDirectory,
     capture_rng_state,
     load_checkpoint,
-    plain_config,
     resolve_resume,
     restore_rng_state,
     save_weights,
@@ -83,7 +82,7 @@ def as_trainer_config(cfg: Any) -> DictConfig:
     return merged  # type: ignore[return-value]
 
 
-class Trainer:
+class Trainer(RunDirectory):
     """Generic trainer: device, seeding, DDP, AMP, clipping, logging, checkpoints, resume.
 
     Args:
@@ -104,11 +103,8 @@ class Trainer:
         full_config: DictConfig | Mapping[str, Any] | None = None,
         runs_root: str | Path | None = None,
     ) -> None:
+        super().__init__(output_dir, full_config, runs_root)
         self.cfg = as_trainer_config(cfg)
-        self.output_dir = Path(output_dir)
-        self.ckpt_dir = self.output_dir / CHECKPOINT_DIR
-        self.runs_root = Path(runs_root) if runs_root is not None else self.output_dir.parent
-        self.full_config = plain_config(full_config)
         self.history: deque[dict[str, float]] = deque(maxlen=HISTORY_LIMIT)
         self.resumed_from: Path | None = None
         self.step = 0
