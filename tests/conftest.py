@@ -163,6 +163,11 @@ CONFIG_FILES = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``slow`` mark here too: the wheel job runs these tests outside the tree, without pyproject."""
+    config.addinivalue_line("markers", "slow: runs longer than ~30 s (deselect with -m 'not slow')")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep the default run fast: ``slow`` tests run only when selected with ``-m`` (e.g. ``-m slow``)
     or when ``SPARSE3D_RUN_SLOW=1`` is set (fast by default, ``-m slow`` for long runs)."""

@@ -10,6 +10,8 @@ sets: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` and ``TORCHELASTIC_RUN_ID``, and 
 * ``SPARSE3D_HANG_DUMP_S`` (off by default; for CI and debugging): a rank still running this many seconds
   after it started joining the process group prints every thread's stack to stderr and exits with status 1,
   and a rank stopped with SIGTERM (as torchrun stops the others when one fails) prints its stacks as it dies.
+  Ranks on one host share torchrun's stderr, so local rank k waits k * HANG_DUMP_STAGGER_S more seconds:
+  the dumps come one after another instead of interleaving line fragments.
 
 Every rank of a multi-process job also prints its threads' stacks on ``kill -USR1 <pid>`` and keeps running.
 """
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 TIMEOUT_ENV = "SPARSE3D_DIST_TIMEOUT_S"
 HANG_DUMP_ENV = "SPARSE3D_HANG_DUMP_S"
 DEFAULT_TIMEOUT_S = {"gloo": 300.0, "nccl": 1800.0}
+HANG_DUMP_STAGGER_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,8 @@ def _dump_file() -> TextIO:
 
 def install_hang_diagnostics() -> None:
     """Arm stack dumps for this rank: on SIGUSR1 always; with ``SPARSE3D_HANG_DUMP_S`` also on SIGTERM and
-    once that many seconds have passed (then the process exits with status 1). Idempotent."""
+    once that many seconds (plus the local rank's stagger) have passed, then the process exits with status 1.
+    Idempotent."""
     if _dump_signals or not hasattr(signal, "SIGUSR1"):
         return
     deadline = _env_seconds(HANG_DUMP_ENV)
@@ -177,7 +181,8 @@ def install_hang_diagnostics() -> None:
     if deadline is not None:
         faulthandler.register(signal.SIGTERM, file=out, all_threads=True, chain=True)
         _dump_signals.append(signal.SIGTERM)
-        faulthandler.dump_traceback_later(deadline, exit=True, file=out)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        faulthandler.dump_traceback_later(deadline + local_rank * HANG_DUMP_STAGGER_S, exit=True, file=out)
 
 
 def remove_hang_diagnostics() -> None:
