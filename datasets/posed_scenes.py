@@ -6,6 +6,12 @@ Files are parsed by :mod:`sparse3d.io.llff`, :mod:`sparse3d.io.nerfstudio`, :mod
 :mod:`sparse3d.io.spare`; this module picks the scene folder, the split and an optional working resolution
 (:func:`sparse3d.views.resample_views`).
 
+Sparse points (:class:`~sparse3d.views.ScenePoints`, for point initialisation): a COLMAP scene's ``points3D``;
+an LLFF scene's ``sparse/0`` model when it sits next to ``poses_bounds.npy`` (mapped by the reader's world
+change, so they stay aligned with the rescaled / recentred cameras; a binary model without pycolmap is skipped
+with a warning); a nerfstudio scene's PLY named by ``ply_file_path`` in ``transforms.json`` (relative to its
+folder, in the frame of the ``transform_matrix`` entries). Scenes without points get ``points=None``.
+
 Splits (index ``i`` counts the views in the reader's order: sorted image names for LLFF and COLMAP, file order
 for ``transforms.json``):
 
@@ -20,15 +26,24 @@ for ``transforms.json``):
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from sparse3d.io.colmap import find_model_dir, model_views, read_colmap_model
+from sparse3d.io.colmap import (
+    PycolmapMissingError,
+    find_model_dir,
+    model_views,
+    points_source,
+    read_colmap_model,
+    read_model_points,
+)
 from sparse3d.io.llff import POSES_BOUNDS, read_llff
 from sparse3d.io.nerfstudio import TRANSFORMS, read_transforms
+from sparse3d.io.pointcloud import read_ply_points
 from sparse3d.io.posed_files import PosedImageFiles
 from sparse3d.io.spare import (
     EVAL_LIGHTING,
@@ -40,7 +55,7 @@ from sparse3d.io.spare import (
     load_scene,
 )
 from sparse3d.utils.errors import UserError
-from sparse3d.views import PosedImages, SceneViews, resample_views
+from sparse3d.views import PosedImages, ScenePoints, SceneViews, resample_views
 
 PathLike = str | Path
 
@@ -97,9 +112,10 @@ def _check_size(width: int | None, height: int | None) -> None:
         raise UserError(f"width and height must be given together and be >= 1, got {width} x {height}")
 
 
-def scene_folder(root: PathLike, scene: str | None, has_scene: Callable[[Path], bool], what: str) -> Path:
+def scene_folder(root: PathLike, scene: str | None, has_scene: Callable[[Path], bool], what: str,
+                 looked_for: str = "") -> Path:
     """``root/scene``; with ``scene`` None, ``root`` itself when it holds a scene, else its first sub-folder
-    (sorted by name) that does."""
+    (sorted by name) that does. ``looked_for`` (e.g. ``poses_bounds.npy``) names in the error what marks a scene."""
     r = Path(root)
     if not r.is_dir():
         raise UserError(f"data root not found: {r}")
@@ -113,12 +129,56 @@ def scene_folder(root: PathLike, scene: str | None, has_scene: Callable[[Path], 
     for sub in sorted(p for p in r.iterdir() if p.is_dir()):
         if has_scene(sub):
             return sub
-    raise UserError(f"no {what} scene in {r} or its sub-folders")
+    marker = f" (looked for {looked_for})" if looked_for else ""
+    raise UserError(f"no {what} scene in {r} or its sub-folders{marker}")
+
+
+def _points(xyz: np.ndarray, rgb: np.ndarray, source: str) -> ScenePoints | None:
+    """Reader arrays as :class:`ScenePoints`; None when there are no points."""
+    return ScenePoints.from_numpy(xyz, rgb, source) if len(xyz) else None
+
+
+def llff_points(folder: Path, world_transform: np.ndarray) -> ScenePoints | None:
+    """The points of the COLMAP model ``folder/sparse/0`` (if any) in the LLFF reader's world frame."""
+    model = folder / "sparse" / "0"
+    if not any((model / f"{name}{ext}").is_file() for name in ("cameras", "points3D") for ext in (".txt", ".bin")):
+        return None
+    try:
+        pts = read_model_points(model)
+    except PycolmapMissingError as exc:
+        warnings.warn(f"{exc}; the scene's sparse points are not used", UserWarning, stacklevel=3)
+        return None
+    found = _points(pts.xyz, pts.rgb, points_source(model))
+    return None if found is None else found.transformed(world_transform)
+
+
+def nerfstudio_points(transforms_path: Path) -> ScenePoints | None:
+    """The PLY named by ``ply_file_path`` in a ``transforms.json`` (relative to its folder), or None.
+
+    Colours: ``red green blue`` as 0..255 integers or [0, 1] floats; mid grey when the file has none."""
+    data = json.loads(transforms_path.read_text())
+    rel = data.get("ply_file_path") if isinstance(data, dict) else None
+    if rel is None:
+        return None
+    if not isinstance(rel, str) or not rel:
+        raise UserError(f"{transforms_path}: field 'ply_file_path' must be a file path, got {rel!r}")
+    ply = transforms_path.parent / rel
+    if not ply.is_file():
+        raise UserError(f"{transforms_path}: field 'ply_file_path' names {ply}, which does not exist")
+    fields = read_ply_points(ply)
+    xyz = np.asarray(fields["xyz"], np.float64)
+    if not np.isfinite(xyz).all():
+        raise UserError(f"{ply}: point coordinates must be finite")
+    colors = fields.get("colors")
+    if colors is not None:
+        colors = colors / 255.0 if np.issubdtype(colors.dtype, np.integer) else colors
+    return _points(xyz, colors if colors is not None else np.full_like(xyz, 0.5), f"{ply.name} ({ply})")
 
 
 def _views(files: PosedImageFiles, split: str, num_train: int | None, test_every: int, scene: str,
-           width: int | None, height: int | None, with_test: bool) -> SceneViews:
-    """Split, report unapplied distortion, read the images and resample them."""
+           width: int | None, height: int | None, with_test: bool,
+           points: ScenePoints | None = None) -> SceneViews:
+    """Split, report unapplied distortion, read the images and resample them; ``points`` pass through."""
     _check_size(width, height)
     train, test = split_views(len(files), split, num_train, test_every)
     chosen = files.select(train + (test if with_test else []))
@@ -127,14 +187,15 @@ def _views(files: PosedImageFiles, split: str, num_train: int | None, test_every
         warnings.warn(report, UserWarning, stacklevel=3)
     inputs = files.select(train).load(scene)
     tests = files.select(test).load(scene) if with_test and test else None
-    return _resampled(inputs, tests, width, height)
+    return _resampled(inputs, tests, width, height, points)
 
 
-def _resampled(inputs: PosedImages, tests: PosedImages | None, width: int | None, height: int | None) -> SceneViews:
+def _resampled(inputs: PosedImages, tests: PosedImages | None, width: int | None, height: int | None,
+               points: ScenePoints | None = None) -> SceneViews:
     if width is None or height is None:
-        return SceneViews(inputs, tests)
+        return SceneViews(inputs, tests, points)
     return SceneViews(resample_views(inputs, width, height),
-                      resample_views(tests, width, height) if tests is not None else None)
+                      resample_views(tests, width, height) if tests is not None else None, points)
 
 
 # ------------------------------------------------------------------------------------------------- loaders
@@ -156,9 +217,10 @@ def load_llff_scene(
     ``root`` is the scene folder or a folder of scenes (``scene`` picks one; None the first). ``rescale`` and
     ``recenter`` are NeRF's (:func:`sparse3d.io.llff.read_llff`); ``width``/``height`` resample every view.
     """
-    folder = scene_folder(root, scene, lambda p: (p / POSES_BOUNDS).is_file(), "LLFF")
+    folder = scene_folder(root, scene, lambda p: (p / POSES_BOUNDS).is_file(), "LLFF", POSES_BOUNDS)
     llff = read_llff(folder, factor=factor, rescale=rescale, recenter=recenter)
-    return _views(llff.files, split, num_train, test_every, folder.name, width, height, with_test)
+    return _views(llff.files, split, num_train, test_every, folder.name, width, height, with_test,
+                  llff_points(folder, llff.world_transform))
 
 
 def load_nerfstudio_scene(
@@ -175,9 +237,10 @@ def load_nerfstudio_scene(
 ) -> SceneViews:
     """A ``transforms.json`` scene split into input and test views (frames with missing images are skipped
     with a warning before splitting; declared distortion is reported, not applied)."""
-    folder = scene_folder(root, scene, lambda p: (p / transforms).is_file(), "nerfstudio")
+    folder = scene_folder(root, scene, lambda p: (p / transforms).is_file(), "nerfstudio", transforms)
     ns = read_transforms(folder / transforms, downscale=downscale)
-    return _views(ns.files, split, num_train, test_every, folder.name, width, height, with_test)
+    return _views(ns.files, split, num_train, test_every, folder.name, width, height, with_test,
+                  nerfstudio_points(folder / transforms))
 
 
 def load_colmap_scene(
@@ -193,7 +256,8 @@ def load_colmap_scene(
     with_test: bool = True,
 ) -> SceneViews:
     """A COLMAP scene (model in ``model_dir``, default ``sparse/0``, ``sparse`` or the folder itself; images in
-    ``image_dir``) split into input and test views, images ordered by name."""
+    ``image_dir``) split into input and test views, images ordered by name; its ``points3D`` become
+    ``points``."""
 
     def has_model(p: Path) -> bool:
         try:
@@ -202,10 +266,11 @@ def load_colmap_scene(
             return False
         return True
 
-    folder = scene_folder(root, scene, has_model, "COLMAP")
+    where = model_dir or "sparse/0, sparse or the folder itself"
+    folder = scene_folder(root, scene, has_model, "COLMAP", f"cameras.txt or cameras.bin in {where}")
     model = read_colmap_model(find_model_dir(folder) if model_dir is None else folder / model_dir)
     return _views(model_views(model, folder / image_dir), split, num_train, test_every, folder.name, width, height,
-                  with_test)
+                  with_test, _points(model.points.xyz, model.points.rgb, points_source(model.path)))
 
 
 def load_dtu_scene(
@@ -226,7 +291,7 @@ def load_dtu_scene(
     folder, else its first sub-folder (sorted) that has one.
     """
     _check_size(width, height)
-    folder = scene_folder(root, scene, lambda p: (p / "cameras").is_dir(), "DTU-layout")
+    folder = scene_folder(root, scene, lambda p: (p / "cameras").is_dir(), "DTU-layout", "a cameras/ folder")
     train, test = dtu_split(num_train)
     entry = SplitEntry(folder.name, tuple(train), tuple(test), dataset)
     spare = load_scene(folder.parent, entry, lighting=lighting, calibration_dir=calibration_dir)

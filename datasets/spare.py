@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparse3d.io.spare import (
+    SpareScene,
     image_filename,
     load_images,
     load_masks,
     load_scene,
+    mask_filename,
     read_split,
 )
 from sparse3d.utils.errors import UserError
@@ -51,6 +53,8 @@ def load_spare_scene(
     if (width is None) != (height is None) or (width is not None and (width < 1 or height < 1)):  # type: ignore[operator]
         raise UserError(f"width and height must be given together and be >= 1, got {width} x {height}")
     spare = load_scene(root, entry, lighting=lighting, calibration_dir=calibration_dir)
+    _check_regular_files(spare, entry.input_views, lighting)
+    _check_regular_files(spare, entry.test_views, 3)
     inputs = PosedImages(
         images=load_images(spare, entry.input_views), cameras=spare.cameras_for(entry.input_views),
         masks=load_masks(spare, entry.input_views), scene=name,
@@ -67,3 +71,12 @@ def load_spare_scene(
         inputs = resample_views(inputs, int(width), int(height))
         test = resample_views(test, int(width), int(height)) if test is not None else None
     return SceneViews(inputs, test)
+
+
+def _check_regular_files(spare: SpareScene, views: tuple[int, ...], lighting: int) -> None:
+    """An image or mask path that exists but is not a file (a folder, say) is an error, not a missing file:
+    missing test images mean "no ground truth" and missing masks "no masks", a folder there means neither."""
+    for v in views:
+        for path in (spare.image_path(v, lighting), spare.directory / "masks" / mask_filename(spare.dataset, v)):
+            if path.exists() and not path.is_file():
+                raise UserError(f"{path}: not a regular file (view {v} of scene {spare.name!r})")

@@ -15,9 +15,11 @@ KERNEL_MODULES: tuple[str, ...] = (
     "sparse3d.kernels.sparse_conv",
     "sparse3d.kernels.set_partition",
     "sparse3d.kernels.knn",
+    "sparse3d.kernels.rotated_iou",
     "sparse3d.kernels.gaussian_projection",
     "sparse3d.kernels.gaussian_sh",
     "sparse3d.kernels.gaussian_tiles",
     "sparse3d.kernels.gaussian_composite",
+    "sparse3d.kernels.plane_sweep",
 )
 """Every module that defines Warp kernels; the CUDA AOT compile test and bench walk this list."""

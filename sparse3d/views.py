@@ -1,8 +1,10 @@
 """Posed images: what every per-scene method is fitted on and scored against.
 
 :class:`PosedImages` holds views of one scene with their :class:`~sparse3d.cameras.Cameras`; :class:`SceneViews`
-pairs the input views a method may see with the held-out test views it is scored on. Readers of real formats
-(SpaRe/DTU, and LLFF, nerfstudio, COLMAP as they land) return these types, so methods never see file layouts.
+pairs the input views a method may see with the held-out test views it is scored on, and optionally the scene's
+sparse :class:`ScenePoints` (COLMAP ``points3D``, a nerfstudio ``ply_file_path``) that a method may initialise
+from. Readers of real formats (SpaRe/DTU, LLFF, nerfstudio, COLMAP) return these types, so methods never see file
+layouts.
 """
 
 from __future__ import annotations
@@ -59,11 +61,64 @@ class PosedImages:
 
 
 @dataclass(frozen=True)
+class ScenePoints:
+    """A scene's sparse point cloud (e.g. COLMAP ``points3D``) in the world frame of its cameras.
+
+    Attributes:
+        xyz: (P, 3) float32 positions.
+        rgb: (P, 3) float32 colours in [0, 1].
+        source: where the points came from, for logs (e.g. ``points3D (scene/sparse/0/points3D.txt)``).
+    """
+
+    xyz: torch.Tensor
+    rgb: torch.Tensor
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.xyz.dim() != 2 or self.xyz.shape[-1] != 3 or self.xyz.dtype != torch.float32:
+            raise ValueError(f"xyz must be a (P, 3) float32 tensor, got {tuple(self.xyz.shape)} {self.xyz.dtype}")
+        if self.rgb.shape != self.xyz.shape or self.rgb.dtype != torch.float32:
+            raise ValueError(f"rgb must be a (P, 3) float32 tensor like xyz {tuple(self.xyz.shape)}, got "
+                             f"{tuple(self.rgb.shape)} {self.rgb.dtype}")
+        if self.rgb.device != self.xyz.device:
+            raise ValueError(f"xyz and rgb must be on one device, got {self.xyz.device} and {self.rgb.device}")
+        if len(self.xyz) and not bool(torch.isfinite(self.xyz).all()):
+            raise ValueError("xyz must be finite")
+        if len(self.rgb) and not bool(((self.rgb >= 0) & (self.rgb <= 1)).all()):
+            raise ValueError("rgb must be in [0, 1]")
+
+    def __len__(self) -> int:
+        return int(self.xyz.shape[0])
+
+    @classmethod
+    def from_numpy(cls, xyz: np.ndarray, rgb: np.ndarray | None = None, source: str = "") -> ScenePoints:
+        """Points from arrays: ``xyz`` (P, 3); ``rgb`` (P, 3) in [0, 1] (clipped), None for mid grey."""
+        pos = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32).reshape(-1, 3))
+        col = (torch.full_like(pos, 0.5) if rgb is None
+               else torch.from_numpy(np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 1.0).reshape(-1, 3)))
+        return cls(pos, col, source)
+
+    def to(self, device: torch.device | str) -> ScenePoints:
+        return ScenePoints(self.xyz.to(device), self.rgb.to(device), self.source)
+
+    def transformed(self, matrix: np.ndarray | torch.Tensor) -> ScenePoints:
+        """The points mapped by a 4x4 affine ``matrix`` (``x' = A x + b``, e.g. a reader's world change)."""
+        m = torch.as_tensor(np.asarray(matrix, dtype=np.float64) if not isinstance(matrix, torch.Tensor) else matrix,
+                            dtype=torch.float64, device=self.xyz.device)
+        if m.shape != (4, 4):
+            raise ValueError(f"matrix must be 4x4, got {tuple(m.shape)}")
+        xyz = self.xyz.double() @ m[:3, :3].T + m[:3, 3]
+        return ScenePoints(xyz.float(), self.rgb, self.source)
+
+
+@dataclass(frozen=True)
 class SceneViews:
-    """One scene for a per-scene method: the input views it is fitted on and optional held-out test views."""
+    """One scene for a per-scene method: the input views it is fitted on, optional held-out test views and the
+    scene's optional sparse points (None when the format or the files have none)."""
 
     inputs: PosedImages
     test: PosedImages | None = None
+    points: ScenePoints | None = None
 
     @property
     def name(self) -> str:

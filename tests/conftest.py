@@ -164,18 +164,23 @@ CONFIG_FILES = {
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the ``slow`` mark here too: the wheel job runs these tests outside the tree, without pyproject."""
+    """Register the marks here too: the wheel job runs these tests outside the tree, without pyproject."""
     config.addinivalue_line("markers", "slow: runs longer than ~30 s (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "fuzz: the kernel fuzzing job (run with -m fuzz or SPARSE3D_RUN_FUZZ=1)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the default run fast: ``slow`` tests run only when selected with ``-m`` (e.g. ``-m slow``)
-    or when ``SPARSE3D_RUN_SLOW=1`` is set (fast by default, ``-m slow`` for long runs)."""
-    if config.getoption("markexpr") or os.environ.get("SPARSE3D_RUN_SLOW") == "1":
-        return
+    """Keep the default run fast: ``slow`` tests run only when selected with ``-m`` (e.g. ``-m slow``) or when
+    ``SPARSE3D_RUN_SLOW=1`` is set; the ``fuzz`` job only with ``-m fuzz`` or ``SPARSE3D_RUN_FUZZ=1``."""
+    markexpr = config.getoption("markexpr") or ""
+    run_slow = bool(markexpr) or os.environ.get("SPARSE3D_RUN_SLOW") == "1"
+    run_fuzz = "fuzz" in markexpr or os.environ.get("SPARSE3D_RUN_FUZZ") == "1"
     skip_slow = pytest.mark.skip(reason="slow test: select with -m slow or set SPARSE3D_RUN_SLOW=1")
+    skip_fuzz = pytest.mark.skip(reason="fuzzing job: select with -m fuzz or set SPARSE3D_RUN_FUZZ=1")
     for item in items:
-        if "slow" in item.keywords:
+        if "fuzz" in item.keywords and not run_fuzz:
+            item.add_marker(skip_fuzz)
+        elif "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
 
 

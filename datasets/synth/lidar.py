@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from sparse3d.datasets.synth.args import GeneratorArgumentError, real, whole
 from sparse3d.io.pointcloud import write_kitti_bin, write_semantic_kitti_label
 
 __all__ = [
@@ -539,18 +540,17 @@ def generate_lidar_scenes(
     parameters and ``overwrite`` is False nothing is regenerated; a set made with other parameters, or a
     folder of scans not made by this generator, raises ``FileExistsError`` unless ``overwrite`` is True.
     """
-    if num_scenes < 1:
-        raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
-    if not 0 <= val_scenes < num_scenes:
-        raise ValueError(
+    whole("num_scenes", num_scenes, 1)
+    whole("val_scenes", val_scenes, 0)
+    whole("seed", seed, 0)
+    if not val_scenes < num_scenes:
+        raise GeneratorArgumentError(
             f"val_scenes must be in [0, num_scenes - 1] so at least one training scene remains, got {val_scenes}"
         )
-    if num_beams < 1 or points_per_beam < 1:
-        raise ValueError(f"num_beams and points_per_beam must be >= 1, got {num_beams}, {points_per_beam}")
-    if not max_range > 0:
-        raise ValueError(f"max_range must be > 0, got {max_range}")
-    if noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    whole("num_beams", num_beams, 1)
+    whole("points_per_beam", points_per_beam, 1)
+    real("max_range", max_range, positive=True)
+    real("noise_std", noise_std, minimum=0.0)
 
     root = Path(root)
     cfg_path = root / CONFIG_NAME

@@ -14,12 +14,15 @@ Per scene (``<root>/<scene>/``, scene ``i`` named ``<family><i:03d>``)::
     images_{N}/image_000.png ...       downsampled N times (area averaging) for every N in ``factors``
     poses_bounds.npy                   format "llff": LLFF poses, bounds = 0.1 / 99.9 % depth percentiles per view
     sparse/0/{cameras,images,points3D}.txt   formats "llff" and "colmap": one PINHOLE camera, 2-D observations
-    transforms.json                    format "nerfstudio": shared OPENCV intrinsics (zero distortion)
+    transforms.json                    format "nerfstudio": shared OPENCV intrinsics (zero distortion) and
+                                       ``ply_file_path`` naming sparse_pc.ply
+    sparse_pc.ply                      format "nerfstudio": the sparse points (xyz, red green blue uchar)
     synth_scene.json                   what was generated
 
-The sparse points are surface points seen by the cameras (half on the object, half on the room and table):
-random pixels of each view lifted with the rendered depth, coloured with the rendered image, and observed in
-every view where they are in the image and not occluded (depth test against that view's depth map).
+The sparse points (``num_points``; COLMAP ``points3D.txt`` for "llff" and "colmap", a PLY for "nerfstudio") are
+points of the scene's true surfaces seen by the cameras (half on the object, half on the room and table): random
+pixels of each view lifted with the rendered depth, coloured with the rendered image, and observed in every view
+where they are in the image and not occluded (depth test against that view's depth map).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparse3d.cameras import Cameras, look_at
+from sparse3d.datasets.synth.args import GeneratorArgumentError, whole, whole_list
 from sparse3d.datasets.synth.output_root import prepare_output_root
 from sparse3d.datasets.synth.shapes import FAMILIES, SynthObject, box_mesh, random_object, random_texture
 from sparse3d.datasets.synth.spare_scenes import scene_lights
@@ -42,6 +46,7 @@ from sparse3d.io.colmap import ColmapCamera, ColmapImage, ColmapPoints, rotmat_t
 from sparse3d.io.images import write_png
 from sparse3d.io.llff import POSES_BOUNDS, image_folder, write_poses_bounds
 from sparse3d.io.nerfstudio import TRANSFORMS, write_transforms
+from sparse3d.io.pointcloud import write_ply_points
 from sparse3d.render.mesh_raycast import MeshRaycaster, MeshWithMaterial, PointLight, compose_layers
 from sparse3d.utils.errors import UserError
 
@@ -49,6 +54,7 @@ __all__ = ["FORMATS", "META_NAME", "PosedSynthScene", "forward_facing_rig", "syn
 
 FORMATS: tuple[str, ...] = ("llff", "nerfstudio", "colmap")
 META_NAME = "synth_scene.json"
+NERFSTUDIO_PLY = "sparse_pc.ply"
 AMBIENT = 0.2
 FILL_RANGE = (0.45, 0.6)
 """Fraction of the image height the object's bounding sphere covers."""
@@ -196,24 +202,26 @@ def _write_colmap(folder: Path, cameras: Cameras, names: list[str], xyz: np.ndar
 
 
 def _check_args(fmt: str, num_scenes: int, num_views: int, width: int, height: int, factors: Sequence[int],
-                families: Sequence[str] | None, num_points: int) -> list[int]:
+                families: Sequence[str] | None, num_points: int, seed: int) -> list[int]:
+    """Validate every argument before anything is written; errors name the argument."""
     if fmt not in FORMATS:
-        raise UserError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if int(num_scenes) < 1:
-        raise UserError(f"num_scenes must be >= 1, got {num_scenes}")
-    if int(num_views) < 2:
-        raise UserError(f"num_views must be >= 2, got {num_views}")
-    if int(width) < 16 or int(height) < 16:
-        raise UserError(f"width and height must be >= 16 pixels, got {width}x{height}")
-    facs = sorted({int(f) for f in factors})
-    if any(f < 2 for f in facs) or any(min(width, height) / f < 4 for f in facs):
-        raise UserError(f"factors must be >= 2 and leave images of at least 4 pixels, got {list(factors)} "
-                        f"for {width}x{height}")
+        raise GeneratorArgumentError(f"format must be one of {FORMATS}, got {fmt!r}")
+    whole("num_scenes", num_scenes, 1)
+    whole("num_views", num_views, 2)
+    whole("seed", seed, 0)
+    w, h = whole("width", width), whole("height", height)
+    if w < 16 or h < 16:
+        raise GeneratorArgumentError(f"width and height must be >= 16 pixels, got {width}x{height}")
+    facs = sorted(set(whole_list("factors", factors)))
+    if any(f < 2 for f in facs) or any(min(w, h) / f < 4 for f in facs):
+        raise GeneratorArgumentError(f"factors must be >= 2 and leave images of at least 4 pixels, got "
+                                     f"{list(factors)} for {width}x{height}")
+    if families is not None and (isinstance(families, str) or not hasattr(families, "__iter__")):
+        raise GeneratorArgumentError(f"families must be a list of names from {FAMILIES}, got {families!r}")
     bad = [f for f in (families or ()) if f not in FAMILIES]
     if bad or (families is not None and not families):
-        raise UserError(f"families must be a non-empty subset of {FAMILIES}, got {families}")
-    if int(num_points) < 0:
-        raise UserError(f"num_points must be >= 0, got {num_points}")
+        raise GeneratorArgumentError(f"families must be a non-empty subset of {FAMILIES}, got {families}")
+    whole("num_points", num_points, 0)
     return facs
 
 
@@ -239,7 +247,7 @@ def generate_posed_scenes(
     (``images_N``). An existing non-empty ``root`` is refused unless ``overwrite`` (which writes over same-named
     files and leaves other files alone).
     """
-    facs = _check_args(format, num_scenes, num_views, width, height, factors, families, num_points)
+    facs = _check_args(format, num_scenes, num_views, width, height, factors, families, num_points, seed)
     out = prepare_output_root(root, overwrite)
     width, height = int(width), int(height)
     bar = tqdm(total=int(num_scenes) * int(num_views), desc=f"{format} scenes x views", unit="view",
@@ -268,14 +276,20 @@ def generate_posed_scenes(
             bounds = np.array([[np.percentile(d, 0.1), np.percentile(d, 99.9)] for d in finite])
             hwf = [height, width, float(cams.K[0, 0, 0])]
             write_poses_bounds(folder / POSES_BOUNDS, c2w, np.asarray(hwf), bounds)
+        rng = np.random.default_rng([int(seed), i, 1])
+        xyz, rgb_pts, tracks = (_sample_points(cams, depths, images, masks, int(num_points), rng) if num_points
+                                else (np.zeros((0, 3)), np.zeros((0, 3)), []))
         if format in ("llff", "colmap"):
-            rng = np.random.default_rng([int(seed), i, 1])
-            xyz, rgb_pts, tracks = (_sample_points(cams, depths, images, masks, int(num_points), rng) if num_points
-                                    else (np.zeros((0, 3)), np.zeros((0, 3)), []))
             _write_colmap(folder / "sparse" / "0", cams, names, xyz, rgb_pts, tracks)
         if format == "nerfstudio":
-            write_transforms(folder / TRANSFORMS, cams.K[0].double().numpy(), c2w, [f"images/{n}" for n in names],
-                             width, height)
+            transforms = write_transforms(folder / TRANSFORMS, cams.K[0].double().numpy(), c2w,
+                                          [f"images/{n}" for n in names], width, height)
+            if len(xyz):
+                write_ply_points(folder / NERFSTUDIO_PLY, xyz.astype(np.float32),
+                                 colors=np.clip(rgb_pts, 0.0, 1.0).astype(np.float32))
+                data = json.loads(transforms.read_text())
+                data["ply_file_path"] = NERFSTUDIO_PLY
+                transforms.write_text(json.dumps(data, indent=2) + "\n")
         meta = {
             "generator": "sparse3d.datasets.synth.posed_scenes", "format": format, "seed": int(seed), "index": i,
             "family": scene.obj.family, "textures": list(scene.obj.textures), "size_m": scene.obj.size,

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sparse3d.cameras import Cameras, look_at
+from sparse3d.datasets.synth.args import GeneratorArgumentError, whole, whole_list
 from sparse3d.datasets.synth.shapes import FAMILIES, SynthObject, box_mesh, random_object
 from sparse3d.io.images import write_mask, write_png
 from sparse3d.io.spare import (
@@ -169,22 +170,26 @@ def _scene_name(dataset: str, family: str, index: int) -> str:
 
 
 def _check_args(num_scenes: int, width: int, height: int, lightings: Sequence[int], naming: str,
-                families: Sequence[str] | None) -> list[int]:
-    if int(num_scenes) < 1:
-        raise UserError(f"num_scenes must be >= 1, got {num_scenes}")
-    if int(width) < 16 or int(height) < 16:
-        raise UserError(f"width and height must be >= 16 pixels, got {width}x{height}")
-    lights = sorted({int(k) for k in lightings})
+                families: Sequence[str] | None, seed: int) -> list[int]:
+    """Validate every argument before anything is written; errors name the argument."""
+    whole("num_scenes", num_scenes, 1)
+    whole("seed", seed, 0)
+    if whole("width", width) < 16 or whole("height", height) < 16:
+        raise GeneratorArgumentError(f"width and height must be >= 16 pixels, got {width}x{height}")
+    lights = sorted(set(whole_list("lightings", lightings)))
     if not lights or any(not 0 <= k < NUM_LIGHTINGS for k in lights):
-        raise UserError(f"lightings must be a non-empty subset of 0..{NUM_LIGHTINGS - 1}, got {list(lightings)}")
+        raise GeneratorArgumentError(f"lightings must be a non-empty subset of 0..{NUM_LIGHTINGS - 1}, "
+                                     f"got {list(lightings)}")
     if EVAL_LIGHTING not in lights:
-        raise UserError(f"lightings must include {EVAL_LIGHTING} (all lights on, the evaluation condition the "
-                        f"reader loads by default), got {list(lightings)}")
+        raise GeneratorArgumentError(f"lightings must include {EVAL_LIGHTING} (all lights on, the evaluation "
+                                     f"condition the reader loads by default), got {list(lightings)}")
     if naming not in NAMINGS:
-        raise UserError(f"naming must be one of {NAMINGS}, got {naming!r}")
+        raise GeneratorArgumentError(f"naming must be one of {NAMINGS}, got {naming!r}")
+    if families is not None and (isinstance(families, str) or not hasattr(families, "__iter__")):
+        raise GeneratorArgumentError(f"families must be a list of names from {FAMILIES}, got {families!r}")
     bad = [f for f in (families or ()) if f not in FAMILIES]
     if bad or (families is not None and not families):
-        raise UserError(f"families must be a non-empty subset of {FAMILIES}, got {families}")
+        raise GeneratorArgumentError(f"families must be a non-empty subset of {FAMILIES}, got {families}")
     return lights
 
 
@@ -209,7 +214,7 @@ def generate_spare_scenes(
     ``lightings`` must include 3. An existing non-empty ``root`` is refused unless ``overwrite`` (which writes
     over same-named files and leaves other files alone).
     """
-    lights_wanted = _check_args(num_scenes, width, height, lightings, naming, families)
+    lights_wanted = _check_args(num_scenes, width, height, lightings, naming, families, seed)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"output root {root} exists and is not a directory")

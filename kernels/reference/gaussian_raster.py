@@ -53,7 +53,7 @@ def eval_sh(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tens
     """Colour (..., 3) from SH coefficients (..., K, 3) at directions (..., 3) (normalised here), + 0.5, >= 0."""
     out = _C0 * coeffs[..., 0, :]
     if degree >= 1:
-        d = dirs / dirs.norm(dim=-1, keepdim=True)
+        d = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # the kernel's (and F.normalize's) clamp
         x, y, z = (d[..., i : i + 1] for i in range(3))
         out = out + _C1 * (-y * coeffs[..., 1, :] + z * coeffs[..., 2, :] - x * coeffs[..., 3, :])
         if degree >= 2:
@@ -209,8 +209,11 @@ def rasterize_pixels(
         acc = 1.0 - t_after_inc.detach()
         reach = included & (acc >= 0.5)
         has = reach.any(dim=1)
-        first = torch.argmax(reach.to(torch.int8), dim=1)
-        med = torch.where(has, z[first] if z.numel() else torch.zeros_like(px), torch.zeros_like(px))
+        if reach.shape[1] == 0:  # no Gaussian reaches this camera: background only, median depth 0
+            med = torch.zeros_like(px)
+        else:
+            first = torch.argmax(reach.to(torch.int8), dim=1)
+            med = torch.where(has, z[first], torch.zeros_like(px))
         imgs.append(img.reshape(height, width, -1))
         alphas.append((1.0 - t_final).reshape(height, width, 1))
         medians.append(med.reshape(height, width, 1))

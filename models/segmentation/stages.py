@@ -6,6 +6,7 @@ feature normalisation, another head) without touching the task.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,13 @@ class PointVoxelizer(nn.Module):
             raise ValueError(f"point_range needs 6 values and voxel_size 3, got {list(point_range)}, {list(voxel_size)}")
         self.point_range = [float(v) for v in point_range]
         self.voxel_size = [float(v) for v in voxel_size]
+        if not all(math.isfinite(v) for v in self.point_range) or not all(
+            self.point_range[i] < self.point_range[i + 3] for i in range(3)
+        ):
+            raise ValueError(f"point_range must be 6 finite values (xmin, ymin, zmin, xmax, ymax, zmax) with each "
+                             f"min < max, got {list(point_range)}")
+        if not all(math.isfinite(v) and v > 0 for v in self.voxel_size):
+            raise ValueError(f"voxel_size must be 3 finite values > 0, got {list(voxel_size)}")
         self.in_channels = int(in_channels)
         lo = torch.tensor(self.point_range[:3])
         hi = torch.tensor(self.point_range[3:])
@@ -60,6 +68,8 @@ class PointClassifier(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.linear = nn.Linear(in_channels, num_classes)

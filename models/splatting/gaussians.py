@@ -160,13 +160,13 @@ class GaussianModel(nn.Module):
 
     def render(
         self, cameras: Cameras, background: torch.Tensor | None = None, sh_degree: int | None = None,
-        *, absgrad: bool = False, meta: dict | None = None,
+        *, absgrad: bool = False, meta: dict | None = None, check_values: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, H, W, 3) colours and (C, H, W, 1) alphas of ``cameras``; ``background`` (3,) or (C, 3).
 
         ``meta``: a dict that receives the rasterizer's meta (``means2d``, ``radii``, ``width``, ... as
         :func:`sparse3d.render.gaussians.rasterize_gaussians` returns them), for densification statistics;
-        ``absgrad`` is passed to the rasterizer.
+        ``absgrad`` and ``check_values`` (the rasterizer's value check) are passed to the rasterizer.
         """
         from sparse3d.render.gaussians import rasterize_gaussians
 
@@ -176,6 +176,7 @@ class GaussianModel(nn.Module):
             self.means, self.quats, self.scales, self.opacities, self.sh,
             cameras.viewmat.to(self.means), cameras.K.to(self.means), cameras.width, cameras.height,
             sh_degree=self.sh_degree if sh_degree is None else sh_degree, backgrounds=bg, absgrad=absgrad,
+            check_values=check_values,
         )
         if meta is not None:
             meta.update(out)

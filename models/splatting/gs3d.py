@@ -10,13 +10,19 @@ control (clone / split by screen-space gradient, pruning, opacity reset; gsplat'
 each optimizer update, its schedule fitted to the run length; ``densify=None`` keeps the initial Gaussians.
 The sparse-view regularisers are separate methods built on the same model.
 
-Initialisation without a point cloud: ``num_points`` Gaussians uniformly in a cube centred where the input
-cameras look (the least-squares meeting point of their optical axes), with a half-size of ``init_extent``
-times the mean camera distance to it, grey, opacity 0.1, isotropic scales from the 3 nearest neighbours.
+Initialisation (``init``): ``points`` seeds one Gaussian per sparse scene point
+(:class:`~sparse3d.views.ScenePoints`, e.g. COLMAP ``points3D``; a random subset of ``max_init_points`` when
+there are more): mean at the point, SH DC colour from its RGB (higher SH bands zero), isotropic scale = RMS
+distance to its 3 nearest neighbours (:mod:`sparse3d.kernels.knn`), opacity ``opacity`` (0.1), identity
+rotation, as 3DGS initialises from COLMAP. ``random``: ``num_points`` Gaussians uniformly in a cube centred
+where the input cameras look (the least-squares meeting point of their optical axes), with a half-size of
+``init_extent`` times the mean camera distance to it, grey, with the same scale, opacity and rotation rules.
+``auto`` (default): ``points`` when the scene has points, else ``random``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,9 +36,12 @@ from sparse3d.io.spare import rig_target
 from sparse3d.models.splatting.densify import DefaultDensification
 from sparse3d.models.splatting.gaussians import DEFAULT_LRS, GaussianModel, make_adam
 from sparse3d.models.splatting.losses import photometric_loss
-from sparse3d.views import PosedImages
+from sparse3d.utils.errors import UserError
+from sparse3d.views import PosedImages, ScenePoints
 
 PLY_NAME = "point_cloud.ply"
+INIT_MODES: tuple[str, ...] = ("auto", "points", "random")
+log = logging.getLogger("sparse3d.models.splatting.gs3d")
 
 
 def look_target(cameras: Cameras) -> torch.Tensor:
@@ -58,6 +67,8 @@ class GaussianSplatting:
         background: RGB the renders are composited over (SpaRe scenes sit in a black box).
         densify: keyword arguments of :class:`~sparse3d.models.splatting.densify.DefaultDensification`
             (``{}`` for gsplat's defaults), or None for a fixed set of Gaussians.
+        init: ``auto`` | ``points`` | ``random`` (see the module docstring).
+        max_init_points: most Gaussians seeded from scene points (a random subset beyond that).
     """
 
     def __init__(
@@ -73,7 +84,12 @@ class GaussianSplatting:
         means_lr_final: float = 0.01,
         background: Sequence[float] = (0.0, 0.0, 0.0),
         densify: Mapping[str, Any] | None = None,
+        init: str = "auto",
+        max_init_points: int = 100_000,
     ) -> None:
+        if init not in INIT_MODES or int(max_init_points) < 1:
+            raise ValueError(f"init must be one of {INIT_MODES} and max_init_points >= 1, got {init!r}, "
+                             f"{max_init_points}")
         if default_steps < 0 or num_points < 1 or not init_extent > 0 or sh_increase_every < 1:
             raise ValueError("default_steps >= 0, num_points >= 1, init_extent > 0 and sh_increase_every >= 1 are "
                              f"required, got {default_steps}, {num_points}, {init_extent}, {sh_increase_every}")
@@ -94,6 +110,8 @@ class GaussianSplatting:
         self.means_lr_final = float(means_lr_final)
         self.background_rgb = tuple(float(v) for v in background)
         self.densify = None if densify is None else dict(densify)
+        self.init, self.max_init_points = str(init), int(max_init_points)
+        self.init_info: dict[str, Any] = {}
         if self.densify is not None:
             DefaultDensification(**self.densify)  # a bad key or value fails here, not at the first scene
         self.strategy: DefaultDensification | None = None
@@ -103,10 +121,13 @@ class GaussianSplatting:
         self.scene_extent = 1.0
         self.max_steps = 0
         self.step = 0
+        self._values_checked = False  # rasterizer value check done (first training step of this process)
 
     # ------------------------------------------------------------------------------------------ set-up
-    def setup(self, views: PosedImages, max_steps: int) -> None:
-        """Random Gaussians around the cameras' look-at point, and their Adam."""
+    def setup(self, views: PosedImages, max_steps: int, points: ScenePoints | None = None) -> None:
+        """Gaussians from ``points`` or at random around the cameras' look-at point (``init``), and their Adam.
+
+        ``init=points`` with no (or empty) ``points`` is a :class:`UserError`."""
         self.views = views
         self.max_steps = int(max_steps)
         device = views.images.device
@@ -116,9 +137,26 @@ class GaussianSplatting:
         # 3DGS's scene extent: 1.1 x the largest camera distance from the cameras' mean centre (at least the
         # target distance, so a single or collocated camera still gets a sensible scale).
         self.scene_extent = 1.1 * max(float((centres - centres.mean(0)).norm(dim=-1).max()), distance)
-        half = self.init_extent * distance
-        points = target + (torch.rand(self.num_points, 3, device=device) * 2 - 1) * half
-        self.model = GaussianModel.from_points(points, sh_degree=self.max_sh_degree, opacity=self.opacity)
+        has_points = points is not None and len(points) > 0
+        if self.init == "points" and not has_points:
+            raise UserError(f"method.init=points but scene {views.scene!r} has no sparse points (COLMAP points3D, "
+                            "LLFF sparse/0 or nerfstudio ply_file_path); use method.init=auto or random")
+        if points is not None and has_points and self.init != "random":
+            xyz, rgb = points.xyz.to(device), points.rgb.to(device)
+            if len(points) > self.max_init_points:
+                keep = torch.randperm(len(points))[: self.max_init_points].sort().values.to(device)
+                xyz, rgb = xyz[keep], rgb[keep]
+            self.model = GaussianModel.from_points(xyz, rgb, sh_degree=self.max_sh_degree, opacity=self.opacity)
+            self.init_info = {"init": "points", "num_init_gaussians": len(self.model),
+                              "num_scene_points": len(points), "points_source": points.source}
+            log.info("initialised %d Gaussians from %s (%d scene points)", len(self.model),
+                     points.source or "the scene points", len(points))
+        else:
+            half = self.init_extent * distance
+            cube = target + (torch.rand(self.num_points, 3, device=device) * 2 - 1) * half
+            self.model = GaussianModel.from_points(cube, sh_degree=self.max_sh_degree, opacity=self.opacity)
+            self.init_info = {"init": "random", "num_init_gaussians": len(self.model)}
+            log.info("initialised %d Gaussians at random around the cameras' look-at point", len(self.model))
         self.optimizer = make_adam(self.model, self.scene_extent, self.lrs)
         self.strategy = None if self.densify is None else DefaultDensification(**self.densify)
         if self.strategy is not None:
@@ -148,8 +186,12 @@ class GaussianSplatting:
         target = views.images[index : index + 1]
         strategy = self.strategy
         meta: dict[str, Any] | None = None if strategy is None else {}
+        # The rasterizer checks the values on the first step of this process only: afterwards they are the
+        # optimiser's activated parameters (sigmoid, exp, normalised in the rasterizer), checked once.
         colors, _ = model.render(views.cameras[index], self._background(), sh_degree=self.active_sh_degree(step),
-                                 absgrad=strategy is not None and strategy.absgrad, meta=meta)
+                                 absgrad=strategy is not None and strategy.absgrad, meta=meta,
+                                 check_values=not self._values_checked)
+        self._values_checked = True
         if strategy is not None and meta is not None:
             strategy.step_pre_backward(meta)
         loss, parts = photometric_loss(colors, target, self.ssim_weight)
@@ -181,7 +223,7 @@ class GaussianSplatting:
     def summary(self) -> dict[str, Any]:
         model, _, _ = self._require()
         info: dict[str, Any] = {"num_gaussians": len(model), "sh_degree": self.active_sh_degree(self.step),
-                                "scene_extent": self.scene_extent}
+                                "scene_extent": self.scene_extent, **self.init_info}
         if self.strategy is not None:
             info["densify"] = self.strategy.summary()
         return info

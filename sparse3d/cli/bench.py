@@ -141,9 +141,9 @@ def _check_suite_name(overrides: Sequence[str], config_dirs: Sequence[str]) -> N
 
 def suite_kwargs(runner: Callable[..., Any], cfg: DictConfig) -> dict[str, Any]:
     """Keyword arguments for ``runner`` from the config; options it does not take must be left unset."""
-    repeats = int(cfg.repeats)
-    if repeats < 1:
-        raise UserError(f"repeats must be >= 1, got {repeats}")
+    repeats = cfg.repeats
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise UserError(f"repeats: must be a whole number >= 1, got {repeats!r}")
     sizes = cfg.get("sizes")
     wanted: dict[str, Any] = {
         "repeats": repeats,
@@ -162,10 +162,35 @@ def suite_kwargs(runner: Callable[..., Any], cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
+def check_options(cfg: DictConfig) -> None:
+    """Refuse, before any suite runs, a ``device`` torch cannot use and a ``json`` path that cannot be written."""
+    import torch
+
+    try:
+        device = torch.device(str(cfg.device))
+    except RuntimeError as exc:
+        raise UserError(f"device: {cfg.device!r} is not a torch device ({' '.join(str(exc).split())[:120]})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {cfg.device!r} asked for, but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device: {cfg.device!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device: the suites run on cpu or cuda, got {cfg.device!r}")
+    if not cfg.get("json"):
+        return
+    path = Path(str(cfg.json)).expanduser()
+    if path.is_dir():
+        raise UserError(f"json: {path} is a folder; give a file name such as {path / 'bench.json'}")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"json: {path}: {blocker} is a file, not a folder")
+
+
 def run_bench(cfg: DictConfig) -> tuple[list[dict], bool]:
     """Run the configured suite, print its table, write JSON if asked; returns (records, all compiles ok)."""
     from sparse3d.bench.common import machine_description, markdown_table, write_json
 
+    check_options(cfg)
     runner = instantiate(cfg.suite.runner)
     kwargs = suite_kwargs(runner, cfg)
     try:

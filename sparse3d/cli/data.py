@@ -44,9 +44,20 @@ def _hydra_entry(cfg: DictConfig) -> None:
     run_data(cfg)
 
 
+def _check_generator_choice(argv: list[str]) -> None:
+    """``generator=null`` (or empty) is refused here: Hydra's own message for it does not name the group."""
+    for token in argv[1:]:
+        key, sep, value = token.partition("=")
+        if sep and key.lstrip("+~") == "generator" and value.strip() in ("", "null"):
+            print(f"{APP}: error: generator: choose a generator: `{APP} <name>` or generator=<name> "
+                  "(see configs/generator/)", file=sys.stderr, flush=True)
+            raise SystemExit(H.EXIT_USER_ERROR)
+
+
 def main() -> None:
     """Console-script entry point (accepts ``sparse3d-data <generator> ...``)."""
     sys.argv = H.rewrite_positional_group(sys.argv, "generator")
+    _check_generator_choice(sys.argv)
     _hydra_entry()
 
 

@@ -28,6 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sparse3d.cli import _hydra as H
+from sparse3d.io.spare import NUM_LIGHTINGS
 from sparse3d.spare.check import check_submission
 from sparse3d.spare.report import format_metric
 from sparse3d.spare.results import collect_results, results_markdown, write_results_csv
@@ -90,16 +91,37 @@ def _method_name() -> str:
     return str(HydraConfig.get().runtime.choices.get("method", "custom"))
 
 
+def _render_settings(cfg: DictConfig) -> tuple[int, int, int]:
+    """``width``, ``height`` and ``lighting`` checked before any scene is rendered."""
+    values = {}
+    for key in ("width", "height", "lighting"):
+        try:
+            values[key] = int(cfg[key])
+        except (TypeError, ValueError):
+            raise UserError(f"{key} must be an integer, got {cfg.get(key)!r}") from None
+    for key in ("width", "height"):
+        if values[key] < 1:
+            raise UserError(f"{key} must be >= 1 pixel, got {values[key]}")
+    if not 0 <= values["lighting"] < NUM_LIGHTINGS:
+        raise UserError(f"lighting must be 0..{NUM_LIGHTINGS - 1} (the SpaRe lighting conditions), "
+                        f"got {values['lighting']}")
+    return values["width"], values["height"], values["lighting"]
+
+
 # --------------------------------------------------------------------------------------------------- submit
 def run_submit(cfg: DictConfig) -> int:
     """Render every selected scene at width x height and write the submission zip; check it afterwards."""
+    width, height, lighting = _render_settings(cfg)
+    out = _path(cfg, "out")
+    if out.is_dir():
+        raise UserError(f"out={out} is a folder: give the path of the submission .zip to write")
     root = _data_root(cfg)
     split = _split_path(cfg, root)
     scenes = _scene_selection(cfg)
     summary = write_submission(
-        method_factory(cfg.method), root, split, _path(cfg, "out"), width=int(cfg.width), height=int(cfg.height),
+        method_factory(cfg.method), root, split, out, width=width, height=height,
         calibration_dir=_optional(cfg, "calibration_dir"), scenes=scenes, work_dir=_optional(cfg, "work_dir"),
-        lighting=int(cfg.lighting), progress=bool(cfg.progress), trainer=cfg.trainer,
+        lighting=lighting, progress=bool(cfg.progress), trainer=cfg.trainer,
     )
     print(f"{APP}: wrote {summary.zip_path} ({summary.num_files} images; rendered {len(summary.rendered)} "
           f"scene(s), reused {len(summary.skipped)} from {summary.work_dir})", flush=True)
@@ -142,11 +164,12 @@ def run_check(cfg: DictConfig) -> int:
 # ---------------------------------------------------------------------------------------------------- sweep
 def run_sweep_job(cfg: DictConfig) -> Path:
     """One sweep job in this Hydra job's output dir (:func:`~sparse3d.spare.sweep.sweep_scenes`); prints its scores."""
+    width, height, lighting = _render_settings(cfg)
     root = _data_root(cfg)
     split = _split_path(cfg, root)
     swept = sweep_scenes(
-        method_factory(cfg.method), root, split, _scene_selection(cfg), H.hydra_output_dir(), int(cfg.width),
-        int(cfg.height), calibration_dir=_optional(cfg, "calibration_dir"), lighting=int(cfg.lighting),
+        method_factory(cfg.method), root, split, _scene_selection(cfg), H.hydra_output_dir(), width,
+        height, calibration_dir=_optional(cfg, "calibration_dir"), lighting=lighting,
         evaluate=bool(cfg.evaluate.enabled), psnr_mask_mode=str(cfg.evaluate.psnr_mask_mode),
         lpips_backbone=_optional(cfg.evaluate, "lpips_backbone"), lpips_heads=_optional(cfg.evaluate, "lpips_heads"),
         device=str(cfg.evaluate.device), progress=bool(cfg.progress), method_name=_method_name(),

@@ -23,6 +23,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sparse3d.cli import _hydra as H
+from sparse3d.config_schema import validate_config
 from sparse3d.train.data_spec import DataSpec
 from sparse3d.train.runs import print_summary, train_model
 from sparse3d.train.scene_trainer import SceneTrainer, method_factory
@@ -39,6 +40,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     if has_model == has_method:
         raise UserError("a training config names exactly one of model=<task module> or method=<per-scene method> "
                         f"(got {'both' if has_model else 'neither'}); see configs/experiment/")
+    validate_config(cfg)  # range checks of every section, before any data is generated or read
     output_dir = H.hydra_output_dir()
     data = DataSpec.from_config(cfg.get("data"))
     if has_model:

@@ -1,4 +1,5 @@
-"""``sparse3d-vis``: look at point clouds, boxes, meshes, 3DGS scenes, posed image sets and training runs.
+"""``sparse3d-vis``: look at point clouds, KITTI frames, detections, meshes, 3DGS scenes, posed image sets and
+training runs.
 
 A thin front-end: :func:`sparse3d.vis.sources.build_scene` reads the inputs into a scene,
 :mod:`sparse3d.vis.camera` places the camera and :mod:`sparse3d.vis.render` draws it -- in a window when a
@@ -10,6 +11,7 @@ writing an output file.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,18 +28,22 @@ MIN_SIZE, MAX_SIZE = 16, 8192
 EXAMPLES = """\
 examples:
   sparse3d-vis scan.bin                                   # a window, if a display is available
-  sparse3d-vis scan.bin boxes.json --view bev --save bev.png
+  sparse3d-vis /data/kitti --frame 000008 --view bev --save gt.png          # KITTI frame + label_2 boxes
+  sparse3d-vis kitti/training/velodyne/000008.bin out/detections.json --score-threshold 0.3 --save det.png
+  sparse3d-vis /data/kitti out/label_2 --frame 8 --view iso --save det.png   # KITTI result rows via calib
   sparse3d-vis sequences/00 --frame 12 --color label --save labels.png
-  sparse3d-vis frames/ --frame 000012 --color intensity --save f12.png   # 000012.bin + 000012.json
+  sparse3d-vis frames/ --frame 000012 --color intensity --save f12.png   # frames/000012.bin
   sparse3d-vis bunny.glb --wireframe --orbit 60 --save turntable.mp4     # 2 s at 30 fps
   sparse3d-vis point_cloud.ply --glyphs 2000 --view front --save splats.png
   sparse3d-vis /data/spare --frame scan1 --save cameras.png              # SpaRe / DTU scene
   sparse3d-vis outputs/train/gs3d_dtu/<run> --save run.png               # a per-scene run's 3DGS export
   sparse3d-vis scan.bin --lookat 10,0,0 --eye -10,0,8 --size 1280x720 --save look.png
 
-Box files are JSON lists of {"box": [x, y, z, dx, dy, dz, heading], "name": str, "score": float} per frame
-(LiDAR frame, z at the box centre); entries without "score" are ground truth (blue), with it predictions
-(green); points inside boxes take the box colour. Mesh boundary edges (used by one triangle) are magenta.
+KITTI frames (a root, training/ or testing/ folder, or velodyne/<id>.bin with calib/ and label_2/ beside
+velodyne/) show their label_2 boxes as ground truth (blue); DontCare regions are not drawn. Detections
+(sparse3d-detect's detections.json, its label_2 result rows, or its output folder) are predictions (green), read
+for --frame, else for the frame of the scan or KITTI frame given with them. Boxes carry a heading tick; points
+inside boxes take the box colour. Mesh boundary edges (used by one triangle) are magenta.
 In a window: drag to orbit, W toggles the wireframe, +/- point size, H lists Open3D's keys.
 """
 
@@ -98,12 +104,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sparse3d-vis`` argument parser."""
     p = _Parser(prog=APP, description="Show sparse3d data in a window, or render it headless to PNG / MP4.",
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="point cloud (.bin .npy .pcd .ply), box JSON, mesh (.ply .obj .glb .off .stl), 3DGS .ply, "
+                   help="point cloud (.bin .npy .pcd .ply), KITTI root / training folder / velodyne .bin, "
+                        "detections.json or KITTI label_2 results, mesh (.ply .obj .glb .off .stl), 3DGS .ply, "
                         "SpaRe/DTU root or scene folder, training run folder, or a folder of frames")
     p.add_argument("--type", choices=("auto", *TYPES), default="auto",
                    help="read every PATH as this type instead of detecting it from the content")
@@ -117,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orbit", type=_positive_int, metavar="N", help="N-frame turntable (needs --save FILE.mp4)")
     p.add_argument("--fps", type=_positive_float, default=30.0, help="turntable frame rate (default 30)")
     p.add_argument("--size", type=_size, default=(960, 720), metavar="WxH", help="image size (default 960x720)")
-    p.add_argument("--frame", metavar="ID", help="frame id in a folder of frames, or scene name in a SpaRe root")
+    p.add_argument("--frame", metavar="ID",
+                   help="frame id in a folder of frames, a KITTI folder or detection results, or scene name in a "
+                        "SpaRe root")
+    p.add_argument("--score-threshold", type=_finite_float, default=None, metavar="S",
+                   help="draw only the predicted boxes scoring at least S (default: all)")
     p.add_argument("--glyphs", type=_positive_int, metavar="K",
                    help="3DGS: draw the K most opaque Gaussians as ellipsoids instead of all centres as points")
     p.add_argument("--wireframe", action="store_true", help="meshes: draw the triangle edges")
@@ -167,7 +188,7 @@ def run(args: argparse.Namespace) -> Path | None:
 
     options = VisOptions(type=args.type, color=args.color, frame=args.frame, glyphs=args.glyphs or 0,
                          wireframe=args.wireframe, normals=args.normals, voxel_size=args.voxel_size,
-                         point_size=args.point_size)
+                         point_size=args.point_size, score_threshold=args.score_threshold)
     scene = build_scene(args.paths, options)
     width, height = args.size
     if args.orbit is not None:

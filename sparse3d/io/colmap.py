@@ -15,7 +15,9 @@ Format facts (COLMAP documentation, "Output Format"):
 * Lines starting with ``#`` are comments. The centre of the top-left pixel is at (0.5, 0.5), the convention of
   :mod:`sparse3d.cameras`, so ``cx, cy`` are used as written.
 
-Every malformed line raises one :class:`UserError` naming the file, the line number and the problem.
+Every malformed line raises one :class:`UserError` naming the file, the line number and the problem. One
+implementation per encoding: text files are parsed here, binary files are read by pycolmap (a missing pycolmap
+raises :class:`PycolmapMissingError`, a :class:`UserError`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ OTHER_COLMAP_MODELS: tuple[str, ...] = (
 """COLMAP models that are not pinhole cameras plus distortion; refused with a hint to undistort."""
 _INTRINSIC_NAMES = frozenset({"f", "fx", "fy", "cx", "cy"})
 MODEL_FILES: tuple[str, ...] = ("cameras", "images", "points3D")
+
+
+class PycolmapMissingError(UserError):
+    """A binary model needs pycolmap, which is not installed (callers with optional points may skip them)."""
 
 
 @dataclass(frozen=True)
@@ -287,7 +293,7 @@ def _read_binary(folder: Path) -> tuple[dict[int, ColmapCamera], dict[int, Colma
     try:
         import pycolmap
     except ImportError:
-        raise UserError(f"{folder}: reading a binary COLMAP model (.bin) needs the pycolmap package: "
+        raise PycolmapMissingError(f"{folder}: reading a binary COLMAP model (.bin) needs the pycolmap package: "
                         "pip install 'sparse3d[colmap]' (or convert it: colmap model_converter --output_type TXT)"
                         ) from None
     rec = pycolmap.Reconstruction()
@@ -343,10 +349,10 @@ def read_colmap_model(folder: PathLike) -> ColmapModel:
         cameras = read_cameras_text(d / "cameras.txt")
         images = read_images_text(d / "images.txt")
         points = read_points3d_text(d / "points3D.txt") if (d / "points3D.txt").is_file() else ColmapPoints.empty()
-        image_file = d / "images.txt"
+        image_file, camera_file = d / "images.txt", d / "cameras.txt"
     elif (d / "cameras.bin").is_file():
         cameras, images, points = _read_binary(d)
-        image_file = d / "images.bin"
+        image_file, camera_file = d / "images.bin", d / "cameras.bin"
     else:
         raise UserError(f"{d}: no cameras.txt or cameras.bin")
     if not images:
@@ -354,8 +360,26 @@ def read_colmap_model(folder: PathLike) -> ColmapModel:
     for img in images.values():
         if img.camera_id not in cameras:
             raise UserError(f"{image_file}: image {img.image_id} ({img.name}) references camera {img.camera_id}, "
-                            f"which is not in the cameras file (ids: {sorted(cameras)[:10]})")
+                            f"which is not in {camera_file} (ids: {sorted(cameras)[:10]})")
     return ColmapModel(d, cameras, images, points)
+
+
+def read_model_points(folder: PathLike) -> ColmapPoints:
+    """The ``points3D`` of a model folder: ``points3D.txt`` parsed here when the model is text, else the
+    binary model through pycolmap; empty when the text model has no points file."""
+    d = Path(folder)
+    if (d / "cameras.txt").is_file() or (d / "points3D.txt").is_file():
+        return read_points3d_text(d / "points3D.txt") if (d / "points3D.txt").is_file() else ColmapPoints.empty()
+    if (d / "cameras.bin").is_file():
+        return _read_binary(d)[2]
+    raise UserError(f"{d}: no COLMAP model (expected points3D.txt, or cameras.bin/images.bin/points3D.bin)")
+
+
+def points_source(model_dir: PathLike) -> str:
+    """The label of a model's points in logs: ``points3D (<path of the points file>)``."""
+    d = Path(model_dir)
+    name = "points3D.txt" if (d / "cameras.txt").is_file() or (d / "points3D.txt").is_file() else "points3D.bin"
+    return f"points3D ({d / name})"
 
 
 def model_views(model: ColmapModel, image_dir: PathLike) -> PosedImageFiles:

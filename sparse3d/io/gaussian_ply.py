@@ -25,12 +25,23 @@ import numpy as np
 import torch
 
 from sparse3d.io.pointcloud import PathLike, read_ply_points, write_ply_points
+from sparse3d.utils.errors import UserError
 
-__all__ = ["GaussianCloud", "save_gaussian_ply", "load_gaussian_ply", "ply_property_names", "MAX_SH_DEGREE"]
+__all__ = [
+    "GaussianCloud", "GaussianPlyError", "save_gaussian_ply", "load_gaussian_ply", "ply_property_names",
+    "MAX_SH_DEGREE",
+]
 
 MAX_SH_DEGREE = 3
 _REST_PER_DEGREE = {3 * ((d + 1) ** 2 - 1): d for d in range(MAX_SH_DEGREE + 1)}  # {0: 0, 9: 1, 24: 2, 45: 3}
 _OPACITY_EPS = 1e-7  # opacities are clamped to [eps, 1 - eps] so the stored logit stays finite
+
+
+class GaussianPlyError(UserError, ValueError):
+    """A 3DGS PLY file that cannot be loaded: a one-line message naming the file (and property, and count).
+
+    A :class:`~sparse3d.utils.errors.UserError` for the console scripts and a ValueError for API callers.
+    """
 
 
 @dataclass
@@ -129,20 +140,29 @@ def load_gaussian_ply(path: PathLike) -> GaussianCloud:
 
     The SH degree is taken from the number of ``f_rest`` properties (0, 9, 24 or 45); a file written padded
     to 45 loads as degree 3 with zero higher coefficients, which renders identically.
+
+    Raises :class:`GaussianPlyError` (naming the file, the property and how many Gaussians) for missing
+    properties, NaN or infinite values in any property used, log scales whose exponential is 0 or inf in
+    float32, and zero-length quaternions: the values :func:`save_gaussian_ply` refuses to write.
     """
     p = Path(path)
     cols = read_ply_points(p)
     num_rest = sum(1 for name in cols if name.startswith("f_rest_"))
     if num_rest not in _REST_PER_DEGREE:
-        raise ValueError(
+        raise GaussianPlyError(
             f"{p}: has {num_rest} f_rest properties; a 3DGS PLY has 0, 9, 24 or 45 (SH degree 0..3)"
         )
     required = [name for name in ply_property_names(num_rest) if name not in ("x", "y", "z", "nx", "ny", "nz")]
     missing = [name for name in required if name not in cols]
     if missing:
-        raise ValueError(f"{p}: not a 3DGS PLY, vertex properties missing: {', '.join(missing)}")
+        raise GaussianPlyError(f"{p}: not a 3DGS PLY, vertex properties missing: {', '.join(missing)}")
 
     n = cols["xyz"].shape[0]
+    values = {**{axis: cols["xyz"][:, i] for i, axis in enumerate("xyz")}, **{name: cols[name] for name in required}}
+    for name, column in values.items():
+        bad = int((~np.isfinite(column)).sum())
+        if bad:
+            raise GaussianPlyError(f"{p}: property {name!r} is NaN or infinite for {bad} of {n} Gaussians")
 
     def stack(names: list[str]) -> np.ndarray:
         return np.stack([cols[name].astype(np.float64) for name in names], axis=1) if names else np.zeros((n, 0))
@@ -154,8 +174,16 @@ def load_gaussian_ply(path: PathLike) -> GaussianCloud:
     quats = stack([f"rot_{i}" for i in range(4)])
     norms = np.linalg.norm(quats, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise ValueError(f"{p}: {int((norms == 0).sum())} Gaussians have zero-length rotation quaternions")
+        raise GaussianPlyError(f"{p}: properties rot_0..rot_3 are all zero (a zero-length rotation quaternion) "
+                               f"for {int((norms == 0).sum())} of {n} Gaussians")
     log_scales = stack([f"scale_{i}" for i in range(3)])
+    with np.errstate(over="ignore", under="ignore"):
+        scales = np.exp(log_scales).astype(np.float32)
+    for i in range(3):
+        bad = int((~(np.isfinite(scales[:, i]) & (scales[:, i] > 0))).sum())
+        if bad:
+            raise GaussianPlyError(f"{p}: property 'scale_{i}' (a log scale) gives a scale of 0 or inf in float32 "
+                                   f"for {bad} of {n} Gaussians")
     logits = cols["opacity"].astype(np.float64)
 
     def tensor(a: np.ndarray) -> torch.Tensor:
@@ -164,7 +192,7 @@ def load_gaussian_ply(path: PathLike) -> GaussianCloud:
     return GaussianCloud(
         means=tensor(cols["xyz"]),
         quats=tensor(quats / norms),
-        scales=tensor(np.exp(log_scales)),
+        scales=torch.from_numpy(np.ascontiguousarray(scales)),
         opacities=tensor(0.5 * (1.0 + np.tanh(0.5 * logits))),  # sigmoid without exp overflow
         sh=tensor(sh),
     )

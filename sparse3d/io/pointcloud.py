@@ -13,7 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sparse3d.utils.errors import UserError
+
 __all__ = [
+    "PointCloudFileError",
+    "MissingPointCloudFile",
     "read_kitti_bin",
     "write_kitti_bin",
     "read_semantic_kitti_label",
@@ -25,13 +29,23 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
+class PointCloudFileError(UserError, ValueError):
+    """A point-cloud file that cannot be read as what it claims to be; the message names the file (and line).
+
+    A :class:`UserError` for the console scripts and a ``ValueError`` for callers that catch that."""
+
+
+class MissingPointCloudFile(UserError, FileNotFoundError):
+    """The file to read is not there (or is a folder); a :class:`UserError` and a ``FileNotFoundError``."""
+
+
 def _existing_file(path: PathLike, what: str) -> Path:
     """Resolve ``path`` and fail with a message naming the file and what was expected there."""
     p = Path(path)
     if not p.is_file():
         if p.exists():
-            raise FileNotFoundError(f"{what} path {p} exists but is not a regular file")
-        raise FileNotFoundError(f"{what} file not found: {p}")
+            raise MissingPointCloudFile(f"{what} path {p} exists but is not a regular file")
+        raise MissingPointCloudFile(f"{what} file not found: {p}")
     return p
 
 
@@ -52,7 +66,7 @@ def read_kitti_bin(path: PathLike, num_features: int = 4) -> np.ndarray:
     row_bytes = 4 * num_features
     size = p.stat().st_size
     if size % row_bytes != 0:
-        raise ValueError(
+        raise PointCloudFileError(
             f"{p}: file size {size} bytes is not a multiple of {row_bytes} bytes "
             f"({num_features} float32 values per point); the file is truncated or has a different layout"
         )
@@ -88,13 +102,13 @@ def read_semantic_kitti_label(path: PathLike, num_points: int | None = None) -> 
     p = _existing_file(path, "SemanticKITTI label")
     size = p.stat().st_size
     if size % 4 != 0:
-        raise ValueError(
+        raise PointCloudFileError(
             f"{p}: file size {size} bytes is not a multiple of 4 bytes (one uint32 per point); "
             "the file is truncated or not a SemanticKITTI label file"
         )
     raw = np.fromfile(p, dtype="<u4")
     if num_points is not None and raw.shape[0] != num_points:
-        raise ValueError(
+        raise PointCloudFileError(
             f"{p}: holds {raw.shape[0]} labels but the scan has {num_points} points; "
             "the label file does not belong to this scan"
         )
@@ -235,13 +249,13 @@ def _parse_ply_header(p: Path, blob: bytes) -> tuple[str, list[tuple[str, int, l
     """Return (format, [(element, count, [(prop, type) or (prop, 'list', count_type, item_type)])],
     byte offset of the body)."""
     if not blob.startswith(b"ply"):
-        raise ValueError(f"{p}: not a PLY file (missing 'ply' magic)")
+        raise PointCloudFileError(f"{p}: not a PLY file (missing 'ply' magic)")
     end = blob.find(b"end_header")
     if end < 0:
-        raise ValueError(f"{p}: PLY header has no 'end_header' line")
+        raise PointCloudFileError(f"{p}: PLY header has no 'end_header' line")
     body = blob.find(b"\n", end)
     if body < 0:
-        raise ValueError(f"{p}: PLY header is not terminated by a newline")
+        raise PointCloudFileError(f"{p}: PLY header is not terminated by a newline")
     lines = blob[:end].decode("ascii", errors="replace").splitlines()
     fmt = ""
     elements: list[tuple[str, int, list]] = []
@@ -251,28 +265,68 @@ def _parse_ply_header(p: Path, blob: bytes) -> tuple[str, list[tuple[str, int, l
             continue
         if tok[0] == "format":
             if len(tok) < 2:
-                raise ValueError(f"{p}: malformed PLY format line {line!r}")
+                raise PointCloudFileError(f"{p}: malformed PLY format line {line!r}")
             fmt = tok[1]
         elif tok[0] == "element":
             if len(tok) != 3 or not tok[2].isdigit():
-                raise ValueError(f"{p}: malformed PLY element line {line!r}")
+                raise PointCloudFileError(f"{p}: malformed PLY element line {line!r}")
             elements.append((tok[1], int(tok[2]), []))
         elif tok[0] == "property":
             if not elements:
-                raise ValueError(f"{p}: PLY property {line!r} appears before any element")
+                raise PointCloudFileError(f"{p}: PLY property {line!r} appears before any element")
             if len(tok) == 5 and tok[1] == "list":
                 if tok[2] not in _PLY_TYPES or tok[3] not in _PLY_TYPES:
-                    raise ValueError(f"{p}: unknown PLY type in {line!r}")
+                    raise PointCloudFileError(f"{p}: unknown PLY type in {line!r}")
                 elements[-1][2].append((tok[4], "list", tok[2], tok[3]))
             elif len(tok) == 3 and tok[1] in _PLY_TYPES:
                 elements[-1][2].append((tok[2], tok[1]))
             else:
-                raise ValueError(f"{p}: unsupported PLY property line {line!r}")
+                raise PointCloudFileError(f"{p}: unsupported PLY property line {line!r}")
         else:
-            raise ValueError(f"{p}: unexpected PLY header line {line!r}")
+            raise PointCloudFileError(f"{p}: unexpected PLY header line {line!r}")
     if fmt not in ("binary_little_endian", "binary_big_endian", "ascii"):
-        raise ValueError(f"{p}: unsupported PLY format {fmt!r}")
+        raise PointCloudFileError(f"{p}: unsupported PLY format {fmt!r}")
     return fmt, elements, body + 1
+
+
+def _read_ascii_vertices(p: Path, blob: bytes, offset: int, elements: list[tuple[str, int, list]],
+                         vidx: int) -> dict[str, np.ndarray]:
+    """The vertex rows of an ascii PLY: exactly one value per declared property on each row, every value a number,
+    integer properties whole and within their type's range; errors name the file and line."""
+    _, n, props = elements[vidx]
+    first_line = blob[:offset].count(b"\n") + 1
+    lines = blob[offset:].decode("ascii", errors="replace").splitlines()
+    numbered = [(first_line + i, r) for i, r in enumerate(lines) if r.strip()]
+    skip = sum(e[1] for e in elements[:vidx])
+    rows = numbered[skip : skip + n]
+    if len(rows) != n:
+        raise PointCloudFileError(f"{p}: expected {n} vertex rows, found {len(rows)}; the file is truncated")
+    names = [name for name, _ in props]
+    table = np.empty((n, len(props)), dtype=np.float64)
+    for k, (number, row) in enumerate(rows):
+        tokens = row.split()
+        if len(tokens) != len(props):
+            raise PointCloudFileError(f"{p}:{number}: vertex row has {len(tokens)} values but the header declares "
+                                      f"{len(props)} properties ({' '.join(names)})")
+        try:
+            table[k] = [float(t) for t in tokens]
+        except ValueError:
+            raise PointCloudFileError(f"{p}:{number}: vertex row holds a value that is not a number: "
+                                      f"{' '.join(tokens)!r}") from None
+    columns: dict[str, np.ndarray] = {}
+    for i, (name, t) in enumerate(props):
+        dtype = np.dtype(_PLY_TYPES[t])
+        values = table[:, i]
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            bad = np.flatnonzero(~(np.isfinite(values) & (values == np.round(values)) & (values >= info.min)
+                                   & (values <= info.max)))
+            if len(bad):
+                number = rows[int(bad[0])][0]
+                raise PointCloudFileError(f"{p}:{number}: property {name!r} is {t}, a whole number in "
+                                          f"{info.min}..{info.max}; got {rows[int(bad[0])][1].split()[i]!r}")
+        columns[name] = values.astype(dtype)
+    return columns
 
 
 def read_ply_points(path: PathLike) -> dict[str, np.ndarray]:
@@ -287,36 +341,30 @@ def read_ply_points(path: PathLike) -> dict[str, np.ndarray]:
     fmt, elements, offset = _parse_ply_header(p, blob)
     names = [e[0] for e in elements]
     if "vertex" not in names:
-        raise ValueError(f"{p}: PLY file has no 'vertex' element (elements: {names})")
+        raise PointCloudFileError(f"{p}: PLY file has no 'vertex' element (elements: {names})")
     vidx = names.index("vertex")
     _, n, props = elements[vidx]
     if any(len(prop) == 4 for prop in props):
-        raise ValueError(f"{p}: list properties on the vertex element are not supported")
+        raise PointCloudFileError(f"{p}: list properties on the vertex element are not supported")
     if (
         "x" not in [q[0] for q in props]
         or "y" not in [q[0] for q in props]
         or "z" not in [q[0] for q in props]
     ):
-        raise ValueError(f"{p}: vertex element lacks x, y, z properties")
+        raise PointCloudFileError(f"{p}: vertex element lacks x, y, z properties")
 
     if fmt == "ascii":
-        text = blob[offset:].decode("ascii", errors="replace").splitlines()
-        skip = sum(e[1] for e in elements[:vidx])
-        rows = [r for r in text if r.strip()][skip : skip + n]
-        if len(rows) != n:
-            raise ValueError(f"{p}: expected {n} vertex rows, found {len(rows)}; the file is truncated")
-        table = np.array([r.split()[: len(props)] for r in rows], dtype=np.float64).reshape(n, len(props))
-        columns = {name: table[:, i].astype(_PLY_TYPES[t]) for i, (name, t) in enumerate(props)}
+        columns = _read_ascii_vertices(p, blob, offset, elements, vidx)
     else:
         endian = "<" if fmt == "binary_little_endian" else ">"
         for ename, count, eprops in elements[:vidx]:
             if any(len(prop) == 4 for prop in eprops):
-                raise ValueError(f"{p}: cannot skip element {ename!r} with list properties before 'vertex'")
+                raise PointCloudFileError(f"{p}: cannot skip element {ename!r} with list properties before 'vertex'")
             offset += count * sum(np.dtype(_PLY_TYPES[t]).itemsize for _, t in eprops)
         dtype = np.dtype([(name, endian + _PLY_TYPES[t]) for name, t in props])
         need = offset + n * dtype.itemsize
         if len(blob) < need:
-            raise ValueError(
+            raise PointCloudFileError(
                 f"{p}: PLY body is {len(blob) - offset} bytes but {n} vertices need {n * dtype.itemsize}; "
                 "the file is truncated"
             )
@@ -335,3 +383,123 @@ def read_ply_points(path: PathLike) -> dict[str, np.ndarray]:
         if name not in grouped:
             out[name] = values
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Any supported point-cloud file -> (N, 3+C) array
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_point_cloud(path: PathLike) -> np.ndarray:
+    """Read the points of a ``.bin``, ``.npy``, ``.ply`` or ``.pcd`` file as float32 (N, 3+C): x, y, z, then
+    the per-point features the file has.
+
+    * ``.bin``: KITTI velodyne rows (x, y, z, reflectance) -> (N, 4).
+    * ``.npy``: a numeric (N, 3+) array, every column kept.
+    * ``.ply``, ``.pcd``: x, y, z and, when present, the intensity (``intensity``, ``reflectance``,
+      ``remission`` or ``i``) -> (N, 4), else (N, 3). PCD files may be ``ascii`` or ``binary``
+      (``binary_compressed`` is refused with a message saying how to convert it).
+
+    The format is chosen by content (PLY, NumPy and PCD magic), then by suffix; a ``.bin`` is anything else.
+    Non-finite values are returned unchanged. Errors are :class:`PointCloudFileError` naming the file.
+    """
+    intensity_names = ("intensity", "reflectance", "remission", "i")
+    p = _existing_file(path, "point cloud")
+    with open(p, "rb") as handle:
+        head = handle.read(16)
+    suffix = p.suffix.lower()
+
+    def with_intensity(xyz: np.ndarray, columns: dict[str, np.ndarray]) -> np.ndarray:
+        name = next((n for n in intensity_names if n in columns and np.ndim(columns[n]) == 1), None)
+        parts = [np.asarray(xyz, dtype=np.float32).reshape(-1, 3)]
+        if name is not None:
+            parts.append(np.asarray(columns[name], dtype=np.float32).reshape(-1, 1))
+        return np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+    def read_pcd() -> np.ndarray:
+        blob = p.read_bytes()
+        header: dict[str, list[str]] = {}
+        offset, number = 0, 0
+        while "DATA" not in header:
+            end = blob.find(b"\n", offset)
+            if end < 0:
+                raise PointCloudFileError(f"{p}: PCD header has no DATA line")
+            number += 1
+            line = blob[offset:end].decode("ascii", errors="replace").strip()
+            offset = end + 1
+            if not line or line.startswith("#"):
+                continue
+            key, *values = line.split()
+            header[key.upper()] = values
+        for key in ("FIELDS", "SIZE", "TYPE", "POINTS"):
+            if key not in header:
+                raise PointCloudFileError(f"{p}: PCD header has no {key} line")
+        fields, sizes, types = header["FIELDS"], header["SIZE"], header["TYPE"]
+        counts = header.get("COUNT", ["1"] * len(fields))
+        data = header["DATA"][0].lower() if header["DATA"] else ""
+        if not (len(fields) == len(sizes) == len(types) == len(counts)):
+            raise PointCloudFileError(f"{p}: PCD FIELDS, SIZE, TYPE and COUNT lines list different numbers of "
+                                      "entries")
+        if not all(s.isdigit() for s in [*sizes, *counts, header["POINTS"][0]] if s):
+            raise PointCloudFileError(f"{p}: PCD SIZE, COUNT and POINTS must be whole numbers")
+        if not {"x", "y", "z"} <= set(fields):
+            raise PointCloudFileError(f"{p}: PCD fields {fields} do not include x, y and z")
+        n = int(header["POINTS"][0])
+        layout = []
+        for name, size, kind, count in zip(fields, sizes, types, counts, strict=True):
+            code = {"F": "f", "I": "i", "U": "u"}.get(kind.upper())
+            if code is None or (code == "f" and size not in ("4", "8")) or size not in ("1", "2", "4", "8"):
+                raise PointCloudFileError(f"{p}: unsupported PCD field {name!r} (TYPE {kind}, SIZE {size})")
+            layout.append((name, np.dtype(f"<{code}{size}"), int(count)))
+        if data == "ascii":
+            width = sum(count for _, _, count in layout)
+            rows = [r for r in blob[offset:].decode("ascii", errors="replace").splitlines() if r.strip()]
+            if len(rows) < n:
+                raise PointCloudFileError(f"{p}: POINTS says {n} but the file has {len(rows)} data rows; "
+                                          "the file is truncated")
+            table = np.zeros((n, width))
+            for k, row in enumerate(rows[:n]):
+                tokens = row.split()
+                if len(tokens) != width:
+                    raise PointCloudFileError(f"{p}: PCD data row {k + 1} holds {len(tokens)} values, the header "
+                                              f"declares {width}")
+                try:
+                    table[k] = [float(t) for t in tokens]
+                except ValueError:
+                    raise PointCloudFileError(f"{p}: PCD data row {k + 1} holds a value that is not a number: "
+                                              f"{row.strip()[:80]!r}") from None
+            starts = np.cumsum([0] + [count for _, _, count in layout])
+            columns = {name: table[:, starts[i]] for i, (name, _, _) in enumerate(layout)}
+        elif data == "binary":
+            dtype = np.dtype([(name, dt, (count,)) if count > 1 else (name, dt) for name, dt, count in layout])
+            if len(blob) - offset < n * dtype.itemsize:
+                raise PointCloudFileError(f"{p}: PCD body is {len(blob) - offset} bytes but {n} points need "
+                                          f"{n * dtype.itemsize}; the file is truncated")
+            record = np.frombuffer(blob, dtype=dtype, count=n, offset=offset)
+            columns = {name: record[name] for name, _, count in layout if count == 1}
+        elif data == "binary_compressed":
+            raise PointCloudFileError(f"{p}: binary_compressed PCD is not supported; convert it to binary or "
+                                      "ascii (e.g. pcl_convert_pcd_ascii_binary in.pcd out.pcd 1)")
+        else:
+            raise PointCloudFileError(f"{p}: unknown PCD DATA type {data!r} (expected ascii or binary)")
+        xyz = np.stack([columns["x"], columns["y"], columns["z"]], axis=1)
+        return with_intensity(xyz, columns)
+
+    if head.startswith(b"ply"):
+        columns = read_ply_points(p)
+        return with_intensity(columns["xyz"], columns)
+    if head.startswith(b"\x93NUMPY") or suffix == ".npy":
+        try:
+            array = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise PointCloudFileError(f"{p}: not a readable NumPy .npy array ({' '.join(str(exc).split())})") from None
+        if array.ndim != 2 or array.shape[1] < 3 or not (np.issubdtype(array.dtype, np.floating)
+                                                         or np.issubdtype(array.dtype, np.integer)):
+            raise PointCloudFileError(f"{p}: a point array must be numeric with shape (N, 3+), got "
+                                      f"{array.dtype} {array.shape}")
+        return np.ascontiguousarray(array, dtype=np.float32)
+    if head.startswith((b"# .PCD", b"VERSION", b"FIELDS")) or suffix == ".pcd":
+        return read_pcd()
+    if suffix == ".ply":
+        raise PointCloudFileError(f"{p}: not a PLY file (missing 'ply' magic)")
+    return read_kitti_bin(p)

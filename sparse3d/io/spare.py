@@ -112,6 +112,37 @@ def write_projection_matrix(path: PathLike, P: np.ndarray) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- split files
+def scene_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a scene name, or None when it can.
+
+    A scene name is used as a folder name under the data root, the render directory and the submission zip,
+    so it must be a plain name: a non-empty string without path separators or control characters, not ``.``
+    or ``..`` (``../x`` would write outside the work directory; ``/abs`` would replace the work directory).
+    """
+    if not isinstance(name, str) or not name:
+        return "a scene name must be a non-empty string"
+    if "/" in name or "\\" in name:
+        return "a scene name must be a plain folder name, without '/' or '\\'"
+    if name in (".", ".."):
+        return "'.' and '..' are not scene names"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "a scene name must not contain control characters"
+    return None
+
+
+class _JsonObject(dict):
+    """A decoded JSON object that remembers the keys it held more than once (``json`` keeps the last)."""
+
+    duplicates: list[str]
+
+
+def _json_object(pairs: list[tuple[str, object]]) -> _JsonObject:
+    obj = _JsonObject(pairs)
+    seen: set[str] = set()
+    obj.duplicates = [k for k, _ in pairs if k in seen or seen.add(k)]  # type: ignore[func-returns-value]
+    return obj
+
+
 @dataclass(frozen=True)
 class SplitEntry:
     """One scene of a split file."""
@@ -120,6 +151,11 @@ class SplitEntry:
     input_views: tuple[int, ...]
     test_views: tuple[int, ...]
     dataset: str
+
+    def __post_init__(self) -> None:
+        problem = scene_name_problem(self.scene)
+        if problem is not None:
+            raise ValueError(f"SplitEntry.scene {self.scene!r}: {problem}")
 
     def to_json(self) -> dict[str, object]:
         return {"input_views": list(self.input_views), "test_views": list(self.test_views), "dataset": self.dataset}
@@ -138,14 +174,27 @@ def _view_list(path: Path, scene: str, field: str, value: object, num_views: int
 
 
 def parse_split(data: object, path: PathLike = "<split>", num_views: int = NUM_RIG_VIEWS) -> dict[str, SplitEntry]:
-    """Validate decoded split JSON: 3 or 9 unique inputs, 10 unique tests, disjoint, ids in range, known dataset."""
+    """Validate decoded split JSON: unique plain scene names (:func:`scene_name_problem`); per scene 3 or 9 unique
+    inputs, 10 unique tests, disjoint, ids in range, a known dataset.
+
+    Repeated keys are seen only in objects decoded by :func:`read_split` (plain dicts cannot hold them).
+    """
     p = Path(path)
     if not isinstance(data, dict) or not data:
         raise UserError(f"{p}: a split file must be a non-empty JSON object mapping scene names to entries")
+    repeated = getattr(data, "duplicates", [])
+    if repeated:
+        raise UserError(f"{p}: scene {repeated[0]!r} appears more than once (each scene name must be unique)")
     entries: dict[str, SplitEntry] = {}
     for scene, entry in data.items():
+        problem = scene_name_problem(scene)
+        if problem is not None:
+            raise UserError(f"{p}: scene {scene!r}: {problem}")
         if not isinstance(entry, dict):
             raise UserError(f"{p}: scene {scene!r}: entry must be an object, got {type(entry).__name__}")
+        repeated = getattr(entry, "duplicates", [])
+        if repeated:
+            raise UserError(f"{p}: scene {scene!r}: field {repeated[0]!r} appears more than once")
         missing = [k for k in ("input_views", "test_views", "dataset") if k not in entry]
         if missing:
             raise UserError(f"{p}: scene {scene!r}: missing field(s) {missing}")
@@ -173,16 +222,19 @@ def read_split(path: PathLike, num_views: int = NUM_RIG_VIEWS) -> dict[str, Spli
     if not p.is_file():
         raise UserError(f"split file not found: {p}")
     try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(p.read_text(), object_pairs_hook=_json_object)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{p}: invalid JSON ({exc})") from None
     return parse_split(data, p, num_views)
 
 
 def write_split(path: PathLike, entries: Mapping[str, SplitEntry] | Iterable[SplitEntry]) -> Path:
     """Write a split file (scene order preserved) after validating it."""
-    items = entries.values() if isinstance(entries, Mapping) else entries
+    items = list(entries.values() if isinstance(entries, Mapping) else entries)
     data = {e.scene: e.to_json() for e in items}
+    if len(data) != len(items):
+        repeated = sorted({e.scene for e in items if sum(f.scene == e.scene for f in items) > 1})
+        raise ValueError(f"{path}: scenes {repeated} appear more than once")
     parse_split(data, path)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +293,8 @@ def load_scene(
     """Locate a scene's files and decompose its cameras.
 
     Cameras come from ``<root>/<scene>/cameras/`` or, DTU style, from a shared ``calibration_dir``. The image size
-    is read from the first image found (PNG header only); without any image the benchmark size 1600x1200 is used.
+    is the one most of the scene's images have (PNG headers only), so one wrongly sized image is blamed on its
+    own; without any image the benchmark size 1600x1200 is used.
     """
     scene_dir = Path(root) / entry.scene
     if not scene_dir.is_dir():
@@ -255,24 +308,40 @@ def load_scene(
     if missing:
         raise UserError(f"{cam_dir}: missing camera files {missing} needed by scene {entry.scene!r}")
     image_dir = _find_image_dir(scene_dir, entry.dataset, needed, lighting)
-    width, height = BENCHMARK_SIZE
-    for v in needed:
-        path = image_dir / image_filename(entry.dataset, v, lighting)
+    width, height = _scene_size(entry, [image_dir / image_filename(entry.dataset, v, lighting) for v in needed])
+    mats = [read_projection_matrix(cam_dir / camera_filename(v)) for v in views]
+    try:
+        cameras = Cameras.from_projection_matrices(mats, width, height)
+    except ValueError:
+        for v, mat in zip(views, mats, strict=True):  # name the file that cannot be decomposed
+            try:
+                Cameras.from_projection_matrices([mat], width, height)
+            except ValueError as exc:
+                raise UserError(f"{cam_dir / camera_filename(v)}: {exc}") from None
+        raise
+    scene = SpareScene(entry.scene, entry.dataset, scene_dir, image_dir, cameras, views, lighting)
+    _check_in_front(scene, cam_dir)
+    return scene
+
+
+def _scene_size(entry: SplitEntry, paths: Sequence[Path]) -> tuple[int, int]:
+    """(width, height) shared by most of the scene's images that exist; UserError when there is no majority."""
+    sizes: dict[tuple[int, int], list[Path]] = {}
+    for path in paths:
         if path.is_file():
             try:
                 info = png_info(path)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-            width, height = info.width, info.height
-            break
-    mats = [read_projection_matrix(cam_dir / camera_filename(v)) for v in views]
-    try:
-        cameras = Cameras.from_projection_matrices(mats, width, height)
-    except ValueError as exc:
-        raise UserError(f"{cam_dir}: {exc}") from None
-    scene = SpareScene(entry.scene, entry.dataset, scene_dir, image_dir, cameras, views, lighting)
-    _check_in_front(scene, cam_dir)
-    return scene
+            sizes.setdefault((info.width, info.height), []).append(path)
+    if not sizes:
+        return BENCHMARK_SIZE
+    ranked = sorted(sizes.items(), key=lambda item: -len(item[1]))
+    if len(ranked) > 1 and len(ranked[0][1]) == len(ranked[1][1]):
+        listing = ", ".join(f"{files[0].name} {w}x{h}" for (w, h), files in ranked)
+        raise UserError(f"{paths[0].parent}: images of scene {entry.scene!r} disagree in size and no size is "
+                        f"the majority ({listing})")
+    return ranked[0][0]
 
 
 def _check_in_front(scene: SpareScene, cam_dir: Path) -> None:
@@ -283,7 +352,9 @@ def _check_in_front(scene: SpareScene, cam_dir: Path) -> None:
     depth = ((target - scene.cameras.centers.double()) * scene.cameras.R[:, 2, :].double()).sum(-1)
     behind = [camera_filename(v) for v, d in zip(scene.views, depth.tolist(), strict=True) if not d > 0]
     if behind:
-        raise UserError(f"{cam_dir}: cameras {behind} look away from the scene (the rig centre is behind them)")
+        more = f" (so do {behind[1:]})" if len(behind) > 1 else ""
+        raise UserError(f"{cam_dir / behind[0]}: camera looks away from the scene (the rig centre is behind it)"
+                        f"{more}")
 
 
 def rig_target(cameras: Cameras) -> torch.Tensor:

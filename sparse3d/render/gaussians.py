@@ -101,10 +101,86 @@ def _validate(a: RasterizeArgs, absgrad: Any, backend: Any) -> None:
     check_same_device(**tensors)
 
 
+def _bad_rows(t: torch.Tensor, bad: torch.Tensor) -> int:
+    """Number of leading-dimension entries (Gaussians or cameras) of ``t`` with at least one bad element."""
+    return int(bad.reshape(t.shape[0], -1).any(dim=1).sum())
+
+
+def _check_values(a: RasterizeArgs) -> None:
+    """Reject values the kernels would turn into black or NaN pixels without a word.
+
+    The fast path is one min/max reduction per argument and a single host synchronisation: NaN propagates
+    through ``aminmax``, so "min > lower bound and max < upper bound" fails for NaN as well as for values out
+    of range. Only when that fails are the offending entries counted, for the message.
+    """
+    ks = a.Ks
+    focal = torch.minimum(ks[:, 0, 0], ks[:, 1, 1])
+    quat_size = a.quats.abs().amax(dim=1) if a.quats.shape[0] else a.quats[:, 0]
+    # (name, tensor whose min/max are tested, lower bound, lower inclusive, upper bound, upper inclusive)
+    bounds: list[tuple[str, torch.Tensor, float, bool, float, bool]] = [
+        ("means", a.means, -math.inf, False, math.inf, False),
+        ("quats", quat_size, 0.0, False, math.inf, False),
+        ("scales", a.scales, 0.0, False, math.inf, False),
+        ("opacities", a.opacities, 0.0, True, 1.0, True),
+        ("colors", a.colors, -math.inf, False, math.inf, False),
+        ("viewmats", a.viewmats, -math.inf, False, math.inf, False),
+        ("Ks", ks, -math.inf, False, math.inf, False),
+        ("Ks", focal, 0.0, False, math.inf, False),
+    ]
+    if a.backgrounds is not None:
+        bounds.append(("backgrounds", a.backgrounds, -math.inf, False, math.inf, False))
+    bounds = [b for b in bounds if b[1].numel() > 0]
+    if not bounds:
+        return
+    with torch.no_grad():
+        extremes = torch.stack([v for b in bounds for v in b[1].detach().aminmax()]).tolist()  # one sync
+    failed: list[str] = []
+    for i, (name, _, lo, lo_incl, hi, hi_incl) in enumerate(bounds):
+        low, high = extremes[2 * i], extremes[2 * i + 1]
+        ok = (low >= lo if lo_incl else low > lo) and (high <= hi if hi_incl else high < hi)
+        if not ok and name not in failed:
+            failed.append(name)
+    if failed:
+        raise ValueError(_describe_bad_values(a, failed[0]))
+
+
+def _describe_bad_values(a: RasterizeArgs, name: str) -> str:
+    """The message for the first argument that failed :func:`_check_values`: which entries, how many."""
+    with torch.no_grad():
+        if name in ("means", "colors"):
+            t = getattr(a, name).detach()
+            what, bad = "non-finite (NaN or inf) values", ~torch.isfinite(t)
+        elif name == "quats":
+            t = a.quats.detach()
+            finite = torch.isfinite(t).all(dim=1)
+            bad = ~finite | (t.abs().amax(dim=1) == 0)
+            what = "zero-length or non-finite quaternions"
+        elif name == "scales":
+            t = a.scales.detach()
+            what, bad = "scales that are NaN, inf or <= 0 (they must be finite and > 0)", ~(torch.isfinite(t) & (t > 0))
+        elif name == "opacities":
+            t = a.opacities.detach()
+            what, bad = "opacities outside [0, 1] or NaN", ~((t >= 0) & (t <= 1))
+        elif name == "viewmats":
+            t = a.viewmats.detach()
+            what, bad = "non-finite (NaN or inf) entries", ~torch.isfinite(t)
+        elif name == "Ks":
+            t = a.Ks.detach()
+            focal_ok = (t[:, 0, 0] > 0) & (t[:, 1, 1] > 0)
+            bad = ~(torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1) & focal_ok)
+            what = "invalid intrinsics (non-finite entries or focal lengths fx, fy <= 0)"
+        else:
+            t = a.backgrounds.detach()  # type: ignore[union-attr]
+            what, bad = "non-finite (NaN or inf) values", ~torch.isfinite(t)
+        count = _bad_rows(t, bad)
+    unit = "cameras" if name in ("viewmats", "Ks", "backgrounds") else "Gaussians"
+    return f"{name}: {count} of {t.shape[0]} {unit} have {what}"
+
+
 # ---------------------------------------------------------------------------------------------- public API
 @takes_rasterize_args
 def rasterize_gaussians(
-    a: RasterizeArgs, absgrad: bool = False, backend: str = "auto"
+    a: RasterizeArgs, absgrad: bool = False, backend: str = "auto", check_values: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Render N 3-D Gaussians into C cameras (argument meaning and layouts of ``gsplat.rasterization`` 1.5.3).
 
@@ -114,6 +190,10 @@ def rasterize_gaussians(
             :class:`sparse3d.kernels.gaussian_args.RasterizeArgs`, in that order, with those defaults.
         absgrad: after backward, ``meta["means2d"].absgrad`` holds the per-pixel sum of |dL/dmeans2d|.
         backend: "auto" (gsplat on CUDA when importable, else Warp), "warp" or "gsplat".
+        check_values: also check the values (one reduction per argument and one host synchronisation):
+            finite means, colors, viewmats and backgrounds; finite, non-zero quaternions; finite scales > 0;
+            opacities in [0, 1]; finite ``Ks`` with focal lengths > 0. Pass False in a loop whose values
+            were checked once and cannot go bad (e.g. activated parameters of an optimiser that is watched).
 
     Returns:
         render_colors (C, H, W, D'), render_alphas (C, H, W, 1), meta (gsplat's keys plus
@@ -122,9 +202,14 @@ def rasterize_gaussians(
         screen-space gradients (call ``retain_grad()`` on it before backward).
 
     Raises:
-        ValueError: naming the argument, for any wrong type, shape, dtype, device or value.
+        ValueError: naming the argument, for any wrong type, shape, dtype, device or value (for values:
+            also how many Gaussians or cameras are bad).
     """
     _validate(a, absgrad, backend)
+    if not isinstance(check_values, bool):
+        raise ValueError(f"check_values must be a bool, got {check_values!r}")
+    if check_values:
+        _check_values(a)
     a = a._replace(
         near_plane=float(a.near_plane), far_plane=float(a.far_plane), radius_clip=float(a.radius_clip),
         eps2d=float(a.eps2d),

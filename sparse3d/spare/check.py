@@ -4,8 +4,11 @@ Rules: the submission format of the SpaRe benchmark of the AIM 2024 Sparse Neura
 et al., "AIM 2024 Sparse Neural Rendering Challenge: Dataset and Benchmark", ECCV Workshops 2024;
 https://sparebenchmark.github.io), as checked here: exactly one ``<scene>/<image_filename(dataset, view, 3)>`` per
 (scene, test view) of the split, scene folders at the archive root with the split's exact (case-sensitive) names,
-nothing else (no ``__MACOSX/``, ``.DS_Store``, enclosing folder), every file a 1600x1200 8-bit RGB PNG. Only PNG
-headers are parsed (:func:`~sparse3d.io.images.png_info`); every member is still read once so CRC errors surface.
+nothing else (no ``__MACOSX/``, ``.DS_Store``, enclosing folder), every file a 1600x1200 8-bit RGB PNG that
+decodes completely. Every member is read once (so zip CRC errors surface), at most ``max_bytes`` of it, and
+decoded fully (chunk CRCs, truncation, pixel data matching its header) unless its header declares more than
+``max_pixels`` pixels. :func:`read_member`, :func:`image_header` and :func:`verify_image` are the one way
+submission files are read and judged; ``sparse3d-eval`` uses them too, so both tools word a fault alike.
 
 A misplaced file that clearly stands for an expected one (under an enclosing folder, in a folder whose name
 differs only in case, or named with the wrong pattern or lighting for the right view) is reported once, as
@@ -21,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from sparse3d.io.images import png_info
+from sparse3d.io.images import MAX_IMAGE_PIXELS, ImageTooLarge, PngInfo, decode_image, png_info
 from sparse3d.io.spare import BENCHMARK_SIZE, DATASETS, EVAL_LIGHTING, SplitEntry, image_filename, read_split
 from sparse3d.spare.submission import expected_names, submission_name
 
@@ -29,8 +32,10 @@ PathLike = str | Path
 
 KINDS = (
     "corrupt_zip", "missing", "extra", "macos_metadata", "nested", "unknown_scene", "bad_name", "wrong_lighting",
-    "duplicate", "not_png", "wrong_size", "not_rgb8",
+    "duplicate", "not_png", "wrong_size", "not_rgb8", "corrupt_png", "too_large",
 )
+MAX_MEMBER_BYTES = 64 << 20
+"""Largest file read from a submission (uncompressed bytes); an uncompressed 1600x1200 RGB PNG is about 5.8 MB."""
 _COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
 _IMAGE_NAME = re.compile(r"^(?P<prefix>cam|rect)_(?P<number>\d{3})_(?P<lighting>\d+)_(?P<suffix>[^.]+)\.png$")
 
@@ -47,6 +52,56 @@ class Problem:
         return f"[{self.kind}] {self.member}: {self.message}" if self.member else f"[{self.kind}] {self.message}"
 
 
+class MemberError(Exception):
+    """A submission file that cannot be used: a ``kind`` from :data:`KINDS` and a message not naming the file."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+def read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo | str, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
+    """All bytes of one archive member, CRC-checked; :class:`MemberError` ("corrupt_zip", "too_large") otherwise.
+
+    The member's declared size is checked against ``max_bytes`` before anything is inflated; :mod:`zipfile`
+    never returns more than that declared size, and a size that lies shows up as a CRC or end-of-data error.
+    """
+    info = archive.getinfo(member) if isinstance(member, str) else member
+    if info.file_size > max_bytes:
+        raise MemberError("too_large", f"{info.file_size} bytes uncompressed, over the limit of {max_bytes}; not read")
+    try:
+        with archive.open(info) as handle:
+            return handle.read()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+        raise MemberError("corrupt_zip", f"cannot be read from the archive ({exc})") from None
+
+
+def read_file(path: Path, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
+    """A submission file from a directory, with the same size limit and error kinds as :func:`read_member`."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise MemberError("too_large", f"{size} bytes, over the limit of {max_bytes}; not read")
+    return path.read_bytes()
+
+
+def image_header(data: bytes) -> PngInfo:
+    """The PNG header facts of a submission file; :class:`MemberError` ("not_png") when it is no PNG."""
+    try:
+        return png_info(data)
+    except ValueError:
+        raise MemberError("not_png", "not a PNG file") from None
+
+
+def verify_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Decode a submission PNG completely; :class:`MemberError` ("too_large", "corrupt_png") when that fails."""
+    try:
+        decode_image(data, max_pixels)
+    except ImageTooLarge as exc:
+        raise MemberError("too_large", str(exc)) from None
+    except ValueError as exc:
+        raise MemberError("corrupt_png", str(exc)) from None
+
+
 def _is_macos_metadata(name: str) -> bool:
     parts = PurePosixPath(name).parts
     return bool(parts) and (parts[0] == "__MACOSX" or parts[-1] == ".DS_Store" or parts[-1].startswith("._"))
@@ -57,8 +112,12 @@ def _describe_format(bit_depth: int, color_type: int) -> str:
 
 
 class _Checker:
-    def __init__(self, entries: dict[str, SplitEntry], width: int, height: int, datasets: set[str]) -> None:
+    def __init__(
+        self, entries: dict[str, SplitEntry], width: int, height: int, datasets: set[str], max_bytes: int,
+        max_pixels: int,
+    ) -> None:
         self.datasets = datasets
+        self.max_bytes, self.max_pixels = max_bytes, max_pixels
         self.entries = {name: e for name, e in entries.items() if e.dataset in datasets}
         self.excluded = {name for name, e in entries.items() if e.dataset not in datasets}
         self.width, self.height = width, height
@@ -73,26 +132,23 @@ class _Checker:
         self.problems.append(Problem(kind, member, message))
 
     def check_content(self, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
-        """PNG header facts of one member; the rest of the member is read only to verify its CRC."""
+        """Read one member (CRC, size cap), check its PNG header facts, then decode it completely."""
         name = member.filename
         try:
-            with archive.open(member) as handle:
-                head = handle.read(33)
-                while handle.read(1 << 20):
-                    pass
-        except (zipfile.BadZipFile, zlib.error, OSError, NotImplementedError) as exc:
-            self.add("corrupt_zip", name, f"cannot be read from the archive ({exc})")
-            return
-        try:
-            info = png_info(head)
-        except ValueError:
-            self.add("not_png", name, "not a PNG file")
+            data = read_member(archive, member, self.max_bytes)
+            info = image_header(data)
+        except MemberError as exc:
+            self.add(exc.kind, name, exc.message)
             return
         if (info.width, info.height) != (self.width, self.height):
             self.add("wrong_size", name, f"{info.width}x{info.height}, expected {self.width}x{self.height}")
         if not info.is_rgb8:
             self.add("not_rgb8", name, f"{_describe_format(info.bit_depth, info.color_type)}, expected 8-bit RGB "
                      "(no alpha, no palette, no 16-bit)")
+        try:
+            verify_image(data, self.max_pixels)
+        except MemberError as exc:
+            self.add(exc.kind, name, exc.message)
 
     def intended(self, scene: str, filename: str) -> str | None:
         """The expected member a file at ``scene/filename`` stands for, matching the scene name case-insensitively."""
@@ -205,8 +261,13 @@ def check_submission(
     width: int = BENCHMARK_SIZE[0],
     height: int = BENCHMARK_SIZE[1],
     datasets: Iterable[str] | None = None,
+    max_bytes: int = MAX_MEMBER_BYTES,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> list[Problem]:
     """Every problem of a submission zip (empty list = valid).
+
+    ``max_bytes`` caps the uncompressed size of a member that is read, ``max_pixels`` the declared size of a PNG
+    that is decoded (larger ones are reported as "too_large" and not decoded).
 
     ``datasets`` restricts the expected scenes to those datasets (the benchmark scores Synthetic and DTU
     separately and accepts a submission for either); files of other scenes of the split are then extra.
@@ -217,7 +278,7 @@ def check_submission(
     unknown = keep - set(DATASETS)
     if unknown:
         raise ValueError(f"datasets must be among {list(DATASETS)}, got {sorted(unknown)}")
-    checker = _Checker(entries, int(width), int(height), keep)
+    checker = _Checker(entries, int(width), int(height), keep, int(max_bytes), int(max_pixels))
     path = Path(zip_path)
     if not path.is_file():
         return [Problem("corrupt_zip", None, f"{path}: file not found")]

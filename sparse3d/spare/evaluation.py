@@ -9,8 +9,10 @@ a choice open, the choice made here is written into every result (:meth:`RenderE
 * Predictions are a directory or a submission ``.zip`` holding ``<scene>/<image_filename(dataset, view,
   3)>`` for every scene and test view of the split; ground truth is read with :mod:`sparse3d.io.spare`
   (lighting 3).
-* Before any metric is computed every expected file is checked: missing files, files that are not PNG and size
-  mismatches are all listed in one error. Nothing is resized; alpha channels are dropped by the reader.
+* Before any metric is computed every expected file is checked: missing files, files that are not PNG, size
+  mismatches and files that do not decode completely (zip or PNG CRC errors, truncation, more pixels than the
+  cap) are all listed in one error, worded as ``sparse3d-spare check`` words them (both read and judge files
+  with :mod:`sparse3d.spare.check`). Nothing is resized; alpha channels are dropped by the reader.
 * Per image: PSNR, SSIM (Wang et al., IEEE TIP 2004) and LPIPS (Zhang et al., CVPR 2018) on the full frame.
   With a GT mask (``<scene>/masks/<stem>.png``): PSNR-M in the chosen mode
   (:data:`~sparse3d.metrics.image.PSNR_MASK_MODES`), SSIM-M and LPIPS-M on the crop to the GT mask's tight
@@ -27,7 +29,6 @@ Writers for these results (JSON, CSV, markdown) are in :mod:`sparse3d.spare.repo
 from __future__ import annotations
 
 import logging
-import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sparse3d.io.images import png_info, read_image, read_mask
+from sparse3d.io.images import decode_image, read_image, read_mask
 from sparse3d.io.spare import (
     DATASETS,
     EVAL_LIGHTING,
@@ -51,6 +52,7 @@ from sparse3d.io.spare import (
 )
 from sparse3d.metrics import image as M
 from sparse3d.metrics.lpips import LPIPS, MIN_SIZE, describe_weights, resolve_weights
+from sparse3d.spare.check import MemberError, image_header, read_file, read_member, verify_image
 from sparse3d.utils.errors import UserError
 
 log = logging.getLogger("sparse3d.spare.evaluation")
@@ -109,10 +111,9 @@ class RenderEvaluation:
 class _Predictions:
     """Read-only view of a predictions directory or submission zip, addressed by ``scene/file`` names."""
 
-    def __init__(self, root: Path, archive: zipfile.ZipFile | None, scratch: Path | None) -> None:
+    def __init__(self, root: Path, archive: zipfile.ZipFile | None) -> None:
         self.root = root
         self.archive = archive
-        self.scratch = scratch
         self.members = (
             {n for n in archive.namelist() if not n.endswith("/")} if archive is not None else set()
         )
@@ -123,22 +124,20 @@ class _Predictions:
     def exists(self, name: str) -> bool:
         return name in self.members if self.archive is not None else (self.root / name).is_file()
 
-    def header(self, name: str) -> bytes:
+    def read_bytes(self, name: str) -> bytes:
+        """The file's bytes (zip CRC checked, size capped); :class:`~sparse3d.spare.check.MemberError` if not."""
         if self.archive is not None:
-            with self.archive.open(name) as handle:
-                return handle.read(33)
-        with (self.root / name).open("rb") as handle:
-            return handle.read(33)
+            return read_member(self.archive, name)
+        return read_file(self.root / name)
 
     def read(self, name: str) -> np.ndarray:
-        if self.archive is None:
-            return read_image(self.root / name)
-        assert self.scratch is not None
-        extracted = Path(self.archive.extract(name, self.scratch))
+        """The decoded image; UserError naming the archive and member (or the file) when it cannot be used."""
         try:
-            return read_image(extracted)
-        finally:
-            extracted.unlink()
+            return decode_image(self.read_bytes(name))
+        except MemberError as exc:
+            raise UserError(f"{self.location(name)}: {exc.message}") from None
+        except ValueError as exc:
+            raise UserError(f"{self.location(name)}: {exc}") from None
 
     def layout_hint(self, scenes: Sequence[str]) -> str:
         """Explain a common packaging mistake: scene folders inside one enclosing folder."""
@@ -157,14 +156,18 @@ class _Predictions:
 def _open_predictions(path: PathLike) -> Iterator[_Predictions]:
     p = Path(path).expanduser()
     if p.is_dir():
-        yield _Predictions(p, None, None)
+        yield _Predictions(p, None)
         return
     if not p.is_file():
         raise UserError(f"predictions not found: {p} (give a directory or a submission .zip)")
     if not zipfile.is_zipfile(p):
         raise UserError(f"{p}: predictions must be a directory or a .zip archive")
-    with zipfile.ZipFile(p) as archive, tempfile.TemporaryDirectory(prefix="sparse3d_eval_") as scratch:
-        yield _Predictions(p, archive, Path(scratch))
+    try:
+        archive = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise UserError(f"{p}: not a readable zip archive ({exc})") from None
+    with archive:
+        yield _Predictions(p, archive)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -178,7 +181,7 @@ def _scene_entries(split: PathLike, data_root: Path) -> tuple[Path, dict[str, Sp
 def _check_predictions(
     preds: _Predictions, scenes: dict[str, SpareScene], entries: dict[str, SplitEntry]
 ) -> None:
-    """Every expected file present, a PNG, and of the GT size; report all problems at once."""
+    """Every expected file present, a PNG of the GT size that decodes completely; report all problems at once."""
     missing: list[str] = []
     problems: list[str] = []
     for name, entry in entries.items():
@@ -189,22 +192,26 @@ def _check_predictions(
                 missing.append(rel)
                 continue
             try:
-                info = png_info(preds.header(rel))
-            except ValueError:
-                problems.append(f"{rel}: not a PNG file")
-                continue
-            if (info.width, info.height) != (width, height):
-                problems.append(
-                    f"{rel}: size {info.width}x{info.height} differs from the ground truth {width}x{height} "
-                    "(predictions are never resized)"
-                )
+                data = preds.read_bytes(rel)
+                info = image_header(data)
+                if (info.width, info.height) != (width, height):
+                    problems.append(
+                        f"{rel}: size {info.width}x{info.height} differs from the ground truth {width}x{height} "
+                        "(predictions are never resized)"
+                    )
+                    continue
+                verify_image(data)
+            except MemberError as exc:
+                problems.append(f"{rel}: {exc.message}")
     if missing:
         hint = preds.layout_hint(list(entries))
         problems.insert(
-            0, f"{len(missing)} missing prediction(s) in {preds.root}{hint}: " + ", ".join(missing)
+            0, f"{len(missing)} missing prediction(s){hint}: " + ", ".join(missing)
         )
+    if len(problems) == 1:
+        raise UserError(f"cannot evaluate the predictions in {preds.root}: {problems[0]}")
     if problems:
-        raise UserError("cannot evaluate the predictions:\n  " + "\n  ".join(problems))
+        raise UserError(f"cannot evaluate the predictions in {preds.root}:\n  " + "\n  ".join(problems))
 
 
 def _score_image(
@@ -322,16 +329,24 @@ def evaluate_rendering(
                 raise UserError(f"ground-truth image not found: {gt_path}")
             try:
                 gt = read_image(gt_path)
-                prediction = preds.read(rel)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
+            if (gt.shape[1], gt.shape[0]) != (scene.cameras.width, scene.cameras.height):
+                raise UserError(
+                    f"{gt_path}: ground-truth size {gt.shape[1]}x{gt.shape[0]} differs from the scene's "
+                    f"{scene.cameras.width}x{scene.cameras.height} (the size of most of its images)"
+                )
+            prediction = preds.read(rel)
             if prediction.shape != gt.shape:
                 raise UserError(
                     f"{preds.location(rel)}: size {prediction.shape[1]}x{prediction.shape[0]} differs "
                     f"from the ground truth {gt.shape[1]}x{gt.shape[0]} ({gt_path})"
                 )
             mask_path = scene.mask_path(view)
-            mask = read_mask(mask_path) if mask_path is not None else None
+            try:
+                mask = read_mask(mask_path) if mask_path is not None else None
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
             if mask is not None and mask.shape != gt.shape[:2]:
                 raise UserError(
                     f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the "

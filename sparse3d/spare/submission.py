@@ -9,8 +9,9 @@ deterministically (sorted names, fixed timestamps) so the same renders give the 
 Every scene is fitted by the shared per-scene loop (:class:`~sparse3d.train.scene_trainer.SceneTrainer`) with a
 fresh method from the same ``configs/method/<name>.yaml`` that ``sparse3d-train`` uses, so any
 :class:`~sparse3d.train.scene_trainer.SceneMethod` plugs in. Work is resumable at two levels: finished scenes in
-``work_dir`` (all ten PNGs present with the right header) are skipped, and each scene's loop keeps its
-checkpoints in ``work_dir/.method_state/<scene>/``, so an interrupted fit continues from its last checkpoint.
+``work_dir`` (all ten PNGs present, of the right size and decoding completely) are skipped, and each scene's loop
+keeps its checkpoints in ``work_dir/.method_state/<scene>/``, so an interrupted fit continues from its last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sparse3d.io.images import png_info, write_png
+from sparse3d.io.images import decode_image, png_info, write_png
 from sparse3d.io.spare import (
     BENCHMARK_SIZE,
     EVAL_LIGHTING,
@@ -70,16 +71,19 @@ def select_scenes(entries: Mapping[str, SplitEntry], scenes: Iterable[str] | str
 
 
 def scene_is_rendered(folder: PathLike, entry: SplitEntry, width: int, height: int) -> bool:
-    """True when ``folder/<scene>/`` holds every test view as a PNG of the right size and format."""
+    """True when ``folder/<scene>/`` holds every test view as a PNG of the right size and format that decodes
+    completely (a file damaged after it was written makes the scene render again)."""
     for view in entry.test_views:
         path = Path(folder) / submission_name(entry, view)
         if not path.is_file():
             return False
         try:
-            info = png_info(path)
-        except ValueError:
-            return False
-        if (info.width, info.height) != (width, height) or not info.is_rgb8:
+            data = path.read_bytes()
+            info = png_info(data)
+            if (info.width, info.height) != (width, height) or not info.is_rgb8:
+                return False
+            decode_image(data, max_pixels=width * height)
+        except (ValueError, OSError):
             return False
     return True
 
@@ -133,13 +137,17 @@ def zip_scenes(folder: PathLike, entries: Iterable[SplitEntry], out_zip: PathLik
     out = Path(out_zip)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
-    with zipfile.ZipFile(tmp, "w") as archive:
-        for name in expected_names(entries):
-            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, (Path(folder) / name).read_bytes())
-    os.replace(tmp, out)
+    try:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for name in expected_names(entries):
+                info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, (Path(folder) / name).read_bytes())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written zip beside the output
+        raise
     return out
 
 

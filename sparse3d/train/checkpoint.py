@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import pickle
 import random
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,13 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparse3d.train.distributed import unwrap_model
+from sparse3d.train.distributed import current_dist_info, unwrap_model
 from sparse3d.utils.errors import UserError
+
+log = logging.getLogger("sparse3d.train")
 
 CKPT_FORMAT = "sparse3d-checkpoint"
 CKPT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.ckpt"
+HYDRA_SUBDIR = ".hydra"
 
 
 def step_checkpoint_name(step: int) -> str:
@@ -145,8 +151,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"checkpoint not found: {ckpt_path}")
     try:
         state = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupted file, foreign pickle, truncated download
-        raise UserError(f"could not read checkpoint {ckpt_path}: {exc}") from exc
+    except pickle.UnpicklingError as exc:  # garbage, or a pickle of arbitrary objects (refused by weights_only)
+        text = " ".join(str(exc).split())
+        reason = text.split("WeightsUnpickler error:")[-1]
+        reason = re.split(r"\.? (?:Check the documentation|Please use|In PyTorch 2\.6)", reason)[0].strip()
+        reason = reason.split(". ")[0][:200]  # torch's explanation of weights_only runs for paragraphs
+        raise UserError(f"could not read checkpoint {ckpt_path}: not a PyTorch checkpoint of plain tensors and "
+                        f"containers, or a damaged file ({reason})") from exc
+    except Exception as exc:  # corrupted file, truncated download
+        first = " ".join(str(exc).split()).split(". ")[0][:200]
+        raise UserError(f"could not read checkpoint {ckpt_path}: {first}") from exc
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise UserError(f"{ckpt_path} is not a sparse3d training checkpoint (missing format tag)")
     return state
@@ -186,9 +200,41 @@ def find_latest_checkpoint(runs_root: str | os.PathLike, exclude: str | os.PathL
     return best[1] if best else None
 
 
+def _run_started(run_dir: Path) -> float:
+    """When a run started: its ``.hydra/config.yaml`` (written before training) or, for runs made from Python,
+    its ``last.ckpt``; the directory's own time otherwise."""
+    for marker in (run_dir / HYDRA_SUBDIR / "config.yaml", run_dir / CHECKPOINT_DIR / LAST_NAME):
+        if marker.is_file():
+            return marker.stat().st_mtime
+    return run_dir.stat().st_mtime
+
+
+def earlier_runs(runs_root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Run directories below ``runs_root`` (those holding ``.hydra/`` or ``checkpoints/``), newest start first.
+
+    ``exclude`` (the current run) is left out; multirun sub-directories count as runs.
+    """
+    root = Path(runs_root)
+    if not root.is_dir():
+        return []
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    found: set[Path] = set()
+    for pattern in (HYDRA_SUBDIR, CHECKPOINT_DIR):
+        for marker in root.rglob(pattern):
+            run_dir = marker.parent
+            if marker.is_dir() and run_dir.resolve() != excluded:
+                found.add(run_dir)
+    return sorted(found, key=lambda run: (_run_started(run), str(run)), reverse=True)
+
+
 def resolve_resume(resume: Any, runs_root: str | os.PathLike | None, current_run_dir: str | os.PathLike | None) -> Path | None:
-    """Interpret the ``resume`` option: ``false``/``null`` → no resume, ``true`` → newest earlier run
-    of this task/experiment below ``runs_root``, a string → that checkpoint file or run directory."""
+    """Interpret the ``resume`` option: ``false``/``null`` → no resume, ``true`` → the newest earlier run
+    of this task/experiment below ``runs_root``, a string → that checkpoint file or run directory.
+
+    With ``true``, when the newest earlier runs have no ``checkpoints/last.ckpt`` (stopped before their first
+    checkpoint, or failed at start-up) a warning names them and the run resumed instead; when no earlier run has a
+    checkpoint it stops with :class:`UserError`.
+    """
     if resume is None or resume is False:
         return None
     if isinstance(resume, str) and resume.strip().lower() in {"", "false", "no", "none", "null"}:
@@ -196,13 +242,25 @@ def resolve_resume(resume: Any, runs_root: str | os.PathLike | None, current_run
     if resume is True or (isinstance(resume, str) and resume.strip().lower() in {"true", "yes", "last", "latest"}):
         if runs_root is None:
             raise UserError("resume=true needs to know where earlier runs live (runs_root); pass a path instead")
-        found = find_latest_checkpoint(runs_root, exclude=current_run_dir)
-        if found is None:
+        runs = earlier_runs(runs_root, exclude=current_run_dir)
+        with_ckpt = [run for run in runs if (run / CHECKPOINT_DIR / LAST_NAME).is_file()]
+        if not with_ckpt:
+            newest = f"; the newest, {runs[0]}, stopped before its first checkpoint" if runs else ""
             raise UserError(
-                f"resume=true but no earlier run with {CHECKPOINT_DIR}/{LAST_NAME} exists under {runs_root}; "
+                f"resume=true but no earlier run with {CHECKPOINT_DIR}/{LAST_NAME} exists under {runs_root}{newest}; "
                 "train without resume first or pass resume=<path to a .ckpt or run dir>"
             )
-        return found
+        chosen = with_ckpt[0]
+        skipped = runs[: runs.index(chosen)]
+        if skipped and current_dist_info().is_main:
+            names = ", ".join(str(run) for run in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3
+                                                                    else "")
+            log.warning(
+                "resume=true: the newest run%s (%s) %s no %s/%s (stopped before the first checkpoint or failed at "
+                "start-up); resuming the newest run that has one instead: %s", "s" if len(skipped) > 1 else "",
+                names, "have" if len(skipped) > 1 else "has", CHECKPOINT_DIR, LAST_NAME, chosen,
+            )
+        return chosen / CHECKPOINT_DIR / LAST_NAME
     if isinstance(resume, (str, os.PathLike)):
         return resolve_checkpoint_path(resume)
     raise UserError(f"resume must be false, true or a path, got {resume!r}")

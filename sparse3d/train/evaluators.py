@@ -7,7 +7,8 @@ adds an evaluator class and one YAML file.
 
 :class:`ValidationEvaluator` rebuilds a training run's model and data from the config saved in its checkpoint
 (user overrides merged on top) and runs the model's validation protocol (``validation_step`` +
-``aggregate_validation``) over ``data.val``.
+``aggregate_validation``) over ``data.val``; :func:`load_trained_model` is that rebuild on its own (the inference
+tools use it too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from sparse3d.train.checkpoint import atomic_write_json, load_checkpoint, resolve_checkpoint_path
 from sparse3d.train.data_spec import DataSpec, build
@@ -80,6 +82,48 @@ def merge_saved_config(saved: dict[str, Any] | None, overrides: DictConfig | dic
     return merged
 
 
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model rebuilt from a training checkpoint.
+
+    ``model`` holds the checkpoint's weights (in eval mode, on the CPU); ``config`` is the merged ``paths`` /
+    ``model`` / ``data`` config it was built from; ``checkpoint`` the ``.ckpt`` file read; ``step`` its
+    optimizer step."""
+
+    model: nn.Module
+    config: DictConfig
+    checkpoint: Path
+    step: int
+
+
+def load_trained_model(ckpt_path: str | Path | None, model: Any = None, data: Any = None, paths: Any = None,
+                       strict: bool = True, usage: str = "ckpt_path=<run dir or .ckpt file>") -> TrainedModel:
+    """Rebuild a dataset-trained model from a run directory (its ``checkpoints/last.ckpt``) or a ``.ckpt`` file.
+
+    The model is built from the config saved in the checkpoint with the user's ``model``/``data`` nodes merged
+    on top (:func:`merge_saved_config`), then the saved weights are loaded (``strict`` state-dict loading; a
+    non-strict load logs what was missing or unexpected). Every problem with the checkpoint (missing, not a
+    checkpoint, a per-scene run, weights that do not fit the model) is a one-line :class:`UserError`;
+    ``usage`` is shown when ``ckpt_path`` is empty.
+    """
+    if ckpt_path is None or not str(ckpt_path).strip() or str(ckpt_path) == "???":
+        raise UserError(f"a checkpoint is required: {usage}")
+    resolved = resolve_checkpoint_path(ckpt_path)
+    state = load_checkpoint(resolved, map_location="cpu")
+    if "model" not in state or state.get("kind") == "scene":
+        raise UserError(f"{resolved} is not a dataset-trained model checkpoint; per-scene runs keep their "
+                        "test scores in summary.json")
+    merged = merge_saved_config(state.get("config"), {"model": model, "data": data}, paths)
+    built = build(merged.model)
+    try:
+        missing, unexpected = built.load_state_dict(state["model"], strict=strict)
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {resolved} does not match the model: {exc}") from exc
+    if missing or unexpected:
+        log.warning("non-strict load: missing=%s unexpected=%s", list(missing), list(unexpected))
+    return TrainedModel(built.eval(), merged, resolved, int(state.get("step", 0)))
+
+
 class ValidationEvaluator:
     """Re-evaluate a dataset-trained model from its checkpoint on its validation data.
 
@@ -110,20 +154,9 @@ class ValidationEvaluator:
 
     def run(self, output_dir: Path) -> EvalReport:
         start = time.perf_counter()
-        ckpt_path = resolve_checkpoint_path(self.ckpt_path)
-        state = load_checkpoint(ckpt_path, map_location="cpu")
-        if "model" not in state or state.get("kind") == "scene":
-            raise UserError(f"{ckpt_path} is not a dataset-trained model checkpoint; per-scene runs keep their "
-                            "test scores in summary.json")
-        merged = merge_saved_config(state.get("config"), self.overrides, self.paths)
         seed_everything(self.seed)
-        model = build(merged.model)
-        try:
-            missing, unexpected = model.load_state_dict(state["model"], strict=self.strict)
-        except RuntimeError as exc:
-            raise UserError(f"checkpoint {ckpt_path} does not match the model: {exc}") from exc
-        if missing or unexpected:
-            log.warning("non-strict load: missing=%s unexpected=%s", list(missing), list(unexpected))
+        trained = load_trained_model(self.ckpt_path, paths=self.paths, strict=self.strict, **self.overrides)
+        model, merged, ckpt_path = trained.model, trained.config, trained.checkpoint
         data = DataSpec.from_config(merged.data)
         data.prepare()
         dataset = data.build_val()
@@ -139,7 +172,7 @@ class ValidationEvaluator:
             "evaluator": self.name,
             "experiment": self.experiment,
             "checkpoint": str(ckpt_path),
-            "step": int(state.get("step", 0)),
+            "step": trained.step,
             "num_samples": len(dataset),
             "metrics": metrics,
             "model": OmegaConf.select(merged, "model._target_", default=None),

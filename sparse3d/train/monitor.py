@@ -76,6 +76,7 @@ class ProgressReporter:
         self._clock = clock
         self.start_time = clock()
         self._rate_origin: tuple[int, float] | None = None  # (step, time) at the end of the first step
+        self._latest: tuple[int, float] | None = None  # (step, time) at the end of the latest step
         self._bar: Any = None
         self._notice: threading.Timer | None = None
         if enabled and show_bar and sys.stderr.isatty():
@@ -121,6 +122,19 @@ class ProgressReporter:
         done, seconds = step - origin_step, self._clock() - origin_time
         return done / seconds if seconds > 0 and done > 0 else 0.0
 
+    def first_step_s(self) -> float | None:
+        """Seconds from the reporter's creation to the end of the first step (None before it ends)."""
+        return None if self._rate_origin is None else self._rate_origin[1] - self.start_time
+
+    def steady_rate(self) -> float | None:
+        """Steps per second from the end of the first step to the end of the latest one: the run's training speed
+        without the first step's one-time costs (kernel compilation) and without what follows the last step
+        (final validation, checkpoint). None until a second step has ended."""
+        if self._rate_origin is None or self._latest is None:
+            return None
+        done, seconds = self._latest[0] - self._rate_origin[0], self._latest[1] - self._rate_origin[1]
+        return done / seconds if done > 0 and seconds > 0 else None
+
     def eta(self, step: int) -> float:
         """Seconds left at the current speed: 0 once ``total_steps`` is reached, inf while unknown."""
         if self.total_steps is None:
@@ -133,8 +147,10 @@ class ProgressReporter:
     def update(self, step: int, loss: float) -> None:
         """Record that ``step`` ended: advance the bar and show the latest loss."""
         first = self._rate_origin is None
+        now = self._clock()
+        self._latest = (step, now)
         if first:
-            self._rate_origin = (step, self._clock())
+            self._rate_origin = (step, now)
             self._cancel_notice()
         if self._bar is not None:
             if first:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sparse3d.config_schema import validate_config
 from sparse3d.train import distributed as D
 from sparse3d.train.checkpoint import CHECKPOINT_DIR, LAST_NAME, atomic_write_json
 from sparse3d.train.data_spec import DataSpec, build
@@ -38,8 +39,10 @@ def train_model(
 
     ``cfg`` holds ``model``, ``trainer``, optional ``optimizer``/``scheduler`` (``_partial_`` factories),
     ``resume``, ``task_name`` and ``experiment_name``. ``on_session`` runs once the process group exists
-    (the CLI quiets worker ranks' consoles there).
+    (the CLI quiets worker ranks' consoles there). Value ranges are checked first
+    (:func:`sparse3d.config_schema.validate_config`), before any data is generated or read.
     """
+    validate_config(cfg)
     wall_start = time.perf_counter()
     with process_session(cfg.trainer.device) as session:
         if on_session is not None:
@@ -90,7 +93,8 @@ def _summary(cfg: DictConfig, model: torch.nn.Module, trainer: Trainer, metrics:
         "validation": val_metrics,
         "wall_time_s": time.perf_counter() - wall_start,
         "train_time_s": metrics.get("time/train_s"),
-        "steps_per_s": metrics.get("time/steps_per_s"),
+        "steps_per_s": metrics.get("time/steps_per_s"),  # excludes the first step (see first_step_s)
+        "first_step_s": metrics.get("time/first_step_s"),
         "num_parameters": total,
         "model": model_info,
         "device": str(trainer.device),
@@ -124,6 +128,10 @@ def print_summary(app: str, summary: Mapping[str, Any]) -> None:
         lines.append(_metric_line("test views at step 0", summary["test_initial"]))
     if summary.get("test"):
         lines.append(_metric_line("test views", summary["test"]))
+    speed, first = summary.get("steps_per_s"), summary.get("first_step_s")
+    if isinstance(speed, float) and isinstance(first, float):
+        lines.append(f"  speed: {speed:.3g} steps/s after the first step, which took {first:.1f} s (one-time set-up "
+                     "such as kernel compilation)")
     if "num_parameters" in summary:
         lines.append(f"  parameters: {summary['num_parameters']:,}")
     files = "summary.json, checkpoints/, tb/, model.safetensors" if "scene" not in summary else \

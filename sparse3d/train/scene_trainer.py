@@ -3,7 +3,9 @@
 Method protocol (:class:`SceneMethod`)
 --------------------------------------
 * ``setup(views, max_steps)``: build parameters and optimizers from the input views (a method owns its
-  optimizers, because densification changes parameter counts), on the device of ``views.images``.
+  optimizers, because densification changes parameter counts), on the device of ``views.images``. A method
+  whose ``setup`` also takes a ``points`` keyword receives the scene's sparse
+  :class:`~sparse3d.views.ScenePoints` (on that device) when the scene has them; others are called as before.
 * ``training_step(step) -> dict``: one optimisation step, backward and optimizer updates included; returns
   scalars with a ``"loss"`` entry. Not called when the run has 0 steps (e.g. a warping baseline).
 * ``render(cameras) -> (N, H, W, 3)`` float images in [0, 1].
@@ -21,6 +23,7 @@ atomic checkpoints with exact resume (RNG states included), and artefacts in the
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import os
@@ -34,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import sparse3d
 from sparse3d.cameras import Cameras
-from sparse3d.config_schema import SceneTrainerConfig
+from sparse3d.config_schema import SceneTrainerConfig, check_scene_trainer_config
 from sparse3d.io.images import write_png
 from sparse3d.metrics.image import psnr, psnr_masked, ssim
 from sparse3d.train.checkpoint import (
@@ -103,9 +106,11 @@ def as_scene_trainer_config(cfg: Any) -> DictConfig:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     try:
-        return OmegaConf.merge(schema, cfg)  # type: ignore[return-value]
+        merged = OmegaConf.merge(schema, cfg)
     except Exception as exc:
         raise UserError(f"invalid per-scene trainer config: {exc}") from exc
+    check_scene_trainer_config(merged)
+    return merged  # type: ignore[return-value]
 
 
 def render_views(method: SceneMethod, cameras: Cameras) -> torch.Tensor:
@@ -182,7 +187,8 @@ class SceneTrainer(RunDirectory):
             max_steps = int(method.default_steps if cfg.max_steps is None else cfg.max_steps)
             if max_steps < 0:
                 raise UserError(f"trainer.max_steps must be >= 0, got {max_steps}")
-            method.setup(inputs, max_steps)
+            points = scene.points if scene.points is not None and _accepts_points(method) else None
+            method.setup(inputs, max_steps, **({} if points is None else {"points": points.to(session.device)}))
             writer = ScalarWriter(self.output_dir / "tb" if cfg.tensorboard else None)
             try:
                 ckpt = self._resume_path(resume)
@@ -336,6 +342,15 @@ class SceneTrainer(RunDirectory):
             "exports": list(self.exports),
             "method_info": extra() if callable(extra) else {},
         }
+
+
+def _accepts_points(method: SceneMethod) -> bool:
+    """Whether ``method.setup`` takes a ``points`` keyword (the optional sparse-point extension)."""
+    try:
+        params = inspect.signature(method.setup).parameters
+    except (TypeError, ValueError):
+        return False
+    return "points" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _to_device(views: PosedImages, device: torch.device) -> PosedImages:

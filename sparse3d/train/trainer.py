@@ -7,6 +7,8 @@ Model protocol
   return the same keys.
 * optional ``model.validation_step(batch) -> dict`` and ``model.aggregate_validation(list[dict]) ->
   dict[str, float]`` (see :mod:`sparse3d.train.validation`).
+* optional ``model.validation_images() -> dict[str, ndarray]``: called after each validation; every (H, W, 3)
+  float image in [0, 1] is written to TensorBoard as ``val/<key>``.
 * optional ``model.param_groups() -> list[dict]`` to give parameter groups (per-group lr etc.) to the
   optimizer; default: all parameters with ``requires_grad``.
 * ``forward`` is not used by the trainer, so models keep it for inference. Under DDP the trainer wraps a
@@ -14,6 +16,13 @@ Model protocol
   so gradient synchronisation hooks fire.
 
 Batches are moved to the device recursively (dicts, lists, tuples, dataclasses, objects with ``.to``).
+
+Datasets
+--------
+The sample order of an epoch derives from ``(seed, epoch)`` (:mod:`sparse3d.train.data`). A training dataset with
+a ``set_epoch(epoch)`` method gets it called before each epoch's loader is built, so per-sample randomness
+(augmentation) can derive from ``(seed, epoch, index)`` too; together with the checkpointed model, optimizer,
+scheduler and RNG states this makes a resumed run repeat the uninterrupted run's steps exactly.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 import sparse3d
-from sparse3d.config_schema import TrainerConfig
+from sparse3d.config_schema import TrainerConfig, check_trainer_config
 from sparse3d.train import distributed as D
 from sparse3d.train.checkpoint import (
     RunDirectory,
@@ -65,7 +74,8 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 def as_trainer_config(cfg: Any) -> DictConfig:
     """Validate any trainer config (DictConfig, dict, :class:`TrainerConfig`) against the schema.
 
-    Unknown keys and wrong types raise here, before any model is built.
+    Unknown keys, wrong types and values out of range (:data:`sparse3d.config_schema.TRAINER_RULES`) raise
+    :class:`~sparse3d.utils.errors.UserError` here, before any model is built.
     """
     schema = OmegaConf.structured(TrainerConfig)
     if cfg is None:
@@ -79,6 +89,7 @@ def as_trainer_config(cfg: Any) -> DictConfig:
         merged = OmegaConf.merge(schema, cfg)
     except Exception as exc:  # omegaconf raises ValidationError / ConfigKeyError with the key in the text
         raise UserError(f"invalid trainer config: {exc}") from exc
+    check_trainer_config(merged, "trainer")
     return merged  # type: ignore[return-value]
 
 
@@ -203,6 +214,10 @@ class Trainer(RunDirectory):
         ckpt_path = resolve_resume(resume, self.runs_root, self.output_dir)
         if ckpt_path is not None:
             self._load_training_state(ckpt_path)
+            if planned is not None and self.step >= planned and self.dist.is_main:
+                log.warning("the checkpoint is at step %d and the run plans %d steps: nothing left to train (raise "
+                            "trainer.max_steps / trainer.max_epochs to continue); only validating and writing the "
+                            "final files", self.step, planned)
 
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -239,7 +254,6 @@ class Trainer(RunDirectory):
         last_val_step = -1
         last_ckpt_step = -1  # the current run dir always gets its own last.ckpt
         start_time = time.perf_counter()
-        start_step = self.step
         model.train()
 
         def done() -> bool:
@@ -250,6 +264,9 @@ class Trainer(RunDirectory):
         try:
             with reporter.logging_redirect():
                 while not done():
+                    set_epoch = getattr(train_dataset, "set_epoch", None)
+                    if callable(set_epoch):
+                        set_epoch(self.epoch)
                     loader = build_epoch_loader(
                         train_dataset, batch_size=batch_size, epoch=self.epoch, start_batch=self.batch_in_epoch,
                         seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size, shuffle=cfg.shuffle,
@@ -300,8 +317,14 @@ class Trainer(RunDirectory):
             metrics["train/loss_last"] = window[-1]["loss"]
         metrics.update({f"val/{k}": v for k, v in self.val_metrics.items()})
         metrics["time/train_s"] = train_time
-        trained = self.step - start_step
-        metrics["time/steps_per_s"] = trained / train_time if train_time > 0 and trained > 0 else 0.0
+        # speed from the end of the first step to the end of the last: the first step pays one-time costs (Warp
+        # kernel compilation on a machine's first run) and would otherwise dominate short runs
+        steady = reporter.steady_rate()
+        if steady is not None:
+            metrics["time/steps_per_s"] = steady
+        first_step = reporter.first_step_s()
+        if first_step is not None:
+            metrics["time/first_step_s"] = first_step
 
         if self.dist.is_main:
             self._writer.flush()
@@ -421,6 +444,10 @@ class Trainer(RunDirectory):
                 log.info("validation @ step %d: %s", self.step,
                          " | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
                 self._writer.add_scalars("val", metrics, self.step)
+            images = getattr(model, "validation_images", None)
+            if callable(images):  # optional: pictures of the last validation batch
+                for tag, image in images().items():
+                    self._writer.add_image(f"val/{tag}", image, self.step)
         metrics = D.broadcast_object(metrics)
         if metrics:
             self.val_metrics = metrics
@@ -467,6 +494,14 @@ class Trainer(RunDirectory):
             raise UserError(f"checkpoint {path} does not match the model: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
+            saved_total = state["scheduler"].get("total_steps")
+            current_total = getattr(self.scheduler, "total_steps", saved_total)
+            if saved_total is not None and saved_total != current_total:
+                raise UserError(
+                    f"checkpoint {path} was trained with a {type(self.scheduler).__name__} schedule of {saved_total} "
+                    f"steps but this run plans {current_total}: a one-cycle schedule cannot be stretched. Resume with "
+                    f"trainer.max_steps={saved_total}, or start a new run from the weights (resume=false)"
+                )
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])

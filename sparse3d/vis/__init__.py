@@ -3,7 +3,9 @@
 Scenes are plain numpy data (:mod:`~sparse3d.vis.scene`), built from files (:mod:`~sparse3d.vis.sources`,
 types detected by :mod:`~sparse3d.vis.detect`) or from in-memory objects (:mod:`~sparse3d.vis.builders`), and
 drawn by :mod:`~sparse3d.vis.render` (Open3D, headless through EGL or in a window) from cameras made by
-:mod:`~sparse3d.vis.camera`. ``sparse3d-vis`` (:mod:`sparse3d.cli.vis`) is the command-line front-end.
+:mod:`~sparse3d.vis.camera`. ``sparse3d-vis`` (:mod:`sparse3d.cli.vis`) is the command-line front-end. Boxes
+(ground truth, ``sparse3d-detect`` results) are read by :mod:`~sparse3d.vis.detections`; :mod:`~sparse3d.vis.bev`
+draws bird's-eye views with numpy and OpenCV alone (TensorBoard images during training).
 """
 
 from typing import Any

@@ -16,22 +16,20 @@ import numpy as np
 import torch
 
 from sparse3d.cameras import Cameras
+from sparse3d.geometry.boxes import BOX_EDGES, box_corners, points_in_boxes
 from sparse3d.io.gaussian_ply import GaussianCloud
 from sparse3d.models.splatting.gaussians import SH_C0
 from sparse3d.utils.errors import UserError
 from sparse3d.views import PosedImages
 from sparse3d.vis import colors as C
-from sparse3d.vis.box_json import BoxSet
+from sparse3d.vis.detections import BoxSet
 from sparse3d.vis.geometry import (
-    BOX_EDGES,
     boundary_edges,
-    box_corners,
     ellipsoid_mesh,
     frustum_corners,
     heading_segments,
     image_plane_grid,
     mesh_edges,
-    points_in_boxes,
     vertex_normals,
 )
 from sparse3d.vis.scene import CoordinateFrame, Drawable, Lines, Mesh, Points, Voxels
@@ -127,15 +125,17 @@ def point_cloud(data: PointData, mode: str = "auto", up: Sequence[float] = (0.0,
 def box_lines(boxes: np.ndarray, color: Sequence[float], name: str = "boxes") -> Lines:
     """(B, 7) boxes as one line set: the 12 edges of each box plus its heading marker, a segment from the box
     centre to the centre of its front face. Vertices are 8 corners, then centre and front point, per box."""
-    corners = box_corners(boxes) if len(np.asarray(boxes).reshape(-1)) else np.zeros((0, 8, 3))
+    arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    corners = box_corners(arr)
     b = len(corners)
     if b:
-        start, end = heading_segments(boxes)
+        start, end = heading_segments(arr)
     else:
         start = end = np.zeros((0, 3))
     vertices = np.concatenate([corners, start[:, None], end[:, None]], axis=1).reshape(-1, 3)
     base = 10 * np.arange(b)[:, None, None]
-    segments = np.concatenate([BOX_EDGES[None] + base, np.array([[[8, 9]]]) + base], axis=1).reshape(-1, 2)
+    edges = np.asarray(BOX_EDGES, dtype=np.int64)
+    segments = np.concatenate([edges[None] + base, np.array([[[8, 9]]]) + base], axis=1).reshape(-1, 2)
     return Lines(vertices, segments, np.tile(np.asarray(color, np.float32), (len(segments), 1)), name=name)
 
 
@@ -152,7 +152,8 @@ def box_drawables(boxes: BoxSet, name: str = "boxes") -> list[Lines]:
 
 def highlight_points_in_boxes(points: Points, boxes: np.ndarray, color: Sequence[float]) -> Points:
     """A copy of ``points`` with the points inside any of ``boxes`` recoloured to ``color``."""
-    inside = points_in_boxes(points.positions, boxes).any(axis=1) if len(np.asarray(boxes).reshape(-1)) else None
+    arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    inside = points_in_boxes(points.positions, arr).any(axis=0) if len(arr) else None
     colors = points.colors.copy()
     if inside is not None:
         colors[inside] = np.asarray(color, np.float32)

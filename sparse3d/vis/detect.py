@@ -4,15 +4,19 @@ Types (:data:`TYPES`):
 
 * ``points`` -- KITTI velodyne ``.bin`` (float32 x, y, z, reflectance rows), NumPy ``.npy`` (N, 3+), ``.pcd``,
   or a PLY whose vertex element is not a 3DGS scene and that has no faces.
-* ``boxes`` -- a box JSON list (:mod:`sparse3d.vis.box_json`).
+* ``kitti`` -- a KITTI object frame: the dataset root (``training/`` or ``testing/`` inside), a subset folder
+  (``velodyne/`` and ``calib/`` inside), or a ``velodyne/<id>.bin`` whose subset folder has ``calib/``.
+* ``detections`` -- boxes from :mod:`sparse3d.vis.detections`: a ``detections.json`` of ``sparse3d-detect``
+  (a JSON object of frame id -> entry list), a KITTI ``label_2`` file (15 or 16 columns), a ``label_2``
+  folder, or a ``sparse3d-detect`` output folder (``detections.json`` and/or ``label_2/``, no ``velodyne/``).
 * ``mesh`` -- a PLY with faces, OBJ, OFF, STL, or binary glTF (``.glb``).
 * ``gaussians`` -- a PLY with the 3DGS vertex properties (``f_dc_0``, ``opacity``, ``scale_0``, ``rot_0``).
 * ``posed`` -- a SpaRe/DTU dataset: its root folder (holding ``Track*_split_*.json``), one scene folder of it,
   or a split file.
 * ``run`` -- a training run folder (holding ``summary.json``), or its ``summary.json``.
 
-A folder of per-frame files (``000012.bin``, ``000012.json``...; a SemanticKITTI sequence folder with
-``velodyne/``) is resolved to one frame's files by :func:`resolve_frame_files` first.
+A folder of per-frame scans (``000012.bin``...; a SemanticKITTI sequence folder with ``velodyne/``) is
+resolved to one frame's files by :func:`resolve_frame_files` first.
 """
 
 from __future__ import annotations
@@ -22,12 +26,24 @@ from pathlib import Path
 
 from sparse3d.io.pointcloud import _parse_ply_header
 from sparse3d.utils.errors import UserError
+from sparse3d.vis.detections import frame_matches
 
-__all__ = ["TYPES", "FRAME_SUFFIXES", "detect_type", "folder_type", "ply_header", "resolve_frame_files", "spare_split_files"]
+__all__ = [
+    "TYPES",
+    "FRAME_SUFFIXES",
+    "detect_type",
+    "folder_type",
+    "is_kitti_subset",
+    "kitti_velodyne_file",
+    "ply_header",
+    "resolve_frame_files",
+    "spare_split_files",
+]
 
-TYPES: tuple[str, ...] = ("points", "boxes", "mesh", "gaussians", "posed", "run")
-FRAME_SUFFIXES: tuple[str, ...] = (".bin", ".npy", ".pcd", ".ply", ".json")
-"""File kinds a folder of frames may hold (per frame: a scan and/or a box file)."""
+TYPES: tuple[str, ...] = ("points", "kitti", "detections", "mesh", "gaussians", "posed", "run")
+FRAME_SUFFIXES: tuple[str, ...] = (".bin", ".npy", ".pcd", ".ply")
+"""Scan files a folder of frames may hold."""
+KITTI_SUBSETS: tuple[str, ...] = ("training", "testing")
 
 GAUSSIAN_PROPERTIES = ("f_dc_0", "opacity", "scale_0", "rot_0")
 _MESH_SUFFIXES = {".obj", ".off", ".stl", ".glb"}
@@ -65,25 +81,49 @@ def _detect_ply(path: Path) -> str:
     return "points"
 
 
+def is_kitti_subset(path: Path) -> bool:
+    """``path`` is a KITTI subset folder: it holds ``velodyne/`` and ``calib/``."""
+    return (path / "velodyne").is_dir() and (path / "calib").is_dir()
+
+
+def kitti_velodyne_file(path: Path) -> bool:
+    """``path`` is a scan ``<subset>/velodyne/<id>.bin`` of a KITTI subset folder (one with ``calib/``)."""
+    return path.suffix.lower() == ".bin" and path.parent.name == "velodyne" and is_kitti_subset(path.parent.parent)
+
+
+def _is_label_line(line: bytes) -> bool:
+    tokens = line.split()
+    if len(tokens) not in (15, 16) or tokens[0].endswith(b":"):
+        return False
+    try:
+        [float(t) for t in tokens[1:]]
+    except ValueError:
+        return False
+    return True
+
+
 def _detect_json(path: Path) -> str:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: invalid JSON ({exc})") from None
+        raise UserError(f"{path}: invalid JSON ({' '.join(str(exc).split())})") from None
     if isinstance(data, list):
-        if all(isinstance(e, dict) and "box" in e for e in data):
-            return "boxes"
-        raise UserError(f"{path}: a JSON list but not a box file (every entry needs a 'box')")
+        raise UserError(f"{path}: a JSON list is not a detections file (sparse3d-detect writes "
+                        "detections.json as {frame_id: [{'name', 'score', 'box_lidar'}, ...]})")
     if isinstance(data, dict):
         if "frames" in data:
             raise UserError(f"{path}: nerfstudio transforms.json posed image sets are not supported by "
                             "sparse3d-vis yet (SpaRe/DTU folders are)")
+        if all(isinstance(v, list) for v in data.values()) and (data or path.name == "detections.json"):
+            return "detections"
         if data and all(isinstance(v, dict) and "input_views" in v for v in data.values()):
             return "posed"
         if "output_dir" in data and "steps" in data:
             return "run"
-        raise UserError(f"{path}: JSON object is neither a SpaRe split file nor a run's summary.json")
-    raise UserError(f"{path}: JSON holds a {type(data).__name__}, not a box list, split file or run summary")
+        raise UserError(f"{path}: JSON object is neither a detections.json, a SpaRe split file nor a run's "
+                        "summary.json")
+    raise UserError(f"{path}: JSON holds a {type(data).__name__}, not a detections.json, split file or run "
+                    "summary")
 
 
 def _looks_like_obj(head: bytes) -> bool:
@@ -92,11 +132,18 @@ def _looks_like_obj(head: bytes) -> bool:
 
 
 def folder_type(path: Path) -> str | None:
-    """``run`` for a run folder, ``posed`` for a SpaRe root or scene folder, None for any other folder."""
+    """``run`` for a run folder, ``posed`` for a SpaRe root or scene folder, ``kitti`` for a KITTI root or subset
+    folder, ``detections`` for a ``sparse3d-detect`` output or ``label_2`` folder, None for any other folder."""
     if (path / "summary.json").is_file():
         return "run"
     if spare_split_files(path) or (spare_split_files(path.parent) and (path / "cameras").is_dir()):
         return "posed"
+    if is_kitti_subset(path) or any(is_kitti_subset(path / s) for s in KITTI_SUBSETS):
+        return "kitti"
+    if not (path / "velodyne").is_dir() and (
+        (path / "detections.json").is_file() or (path / "label_2").is_dir() or path.name == "label_2"
+    ):
+        return "detections"
     return None
 
 
@@ -107,8 +154,8 @@ def detect_type(path: str | Path) -> str:
     if p.is_dir():
         kind = folder_type(p)
         if kind is None:
-            raise UserError(f"{p}: folder is not a training run (no summary.json) or a SpaRe dataset (no "
-                            "Track*_split_*.json)")
+            raise UserError(f"{p}: folder is not a training run (no summary.json), a SpaRe dataset (no "
+                            "Track*_split_*.json), a KITTI folder (no velodyne/ + calib/) or detection results")
         return kind
     if not p.is_file():
         raise UserError(f"{p}: no such file or folder")
@@ -134,7 +181,11 @@ def detect_type(path: str | Path) -> str:
         return "mesh"
     if suffix == ".obj" or _looks_like_obj(head):
         return "mesh"
+    if suffix == ".txt" and _is_label_line(stripped.split(b"\n", 1)[0]):
+        return "detections"
     if suffix == ".bin":
+        if kitti_velodyne_file(p):
+            return "kitti"
         size = p.stat().st_size
         if size % 16:
             raise UserError(f"{p}: {size} bytes is not a whole number of KITTI points (16 bytes each: "
@@ -143,21 +194,16 @@ def detect_type(path: str | Path) -> str:
     if suffix == ".label":
         raise UserError(f"{p}: SemanticKITTI labels are read next to their scan (velodyne/NNNNNN.bin -> "
                         "labels/NNNNNN.label); pass the .bin file")
-    raise UserError(f"{p}: unrecognised content (not a PLY, PCD, NPY, KITTI .bin, OBJ/OFF/STL/GLB mesh, "
-                    "box JSON, SpaRe split or run summary)")
-
-
-def _frame_matches(stem: str, frame: str) -> bool:
-    return stem == frame or (stem.isdigit() and frame.isdigit() and int(stem) == int(frame))
+    raise UserError(f"{p}: unrecognised content (not a PLY, PCD, NPY, KITTI .bin or label file, OBJ/OFF/STL/GLB "
+                    "mesh, detections.json, SpaRe split or run summary)")
 
 
 def resolve_frame_files(folder: Path, frame: str | None) -> list[Path]:
-    """The files of one frame in a folder of frames (``<id>.bin``, ``<id>.json``...; a SemanticKITTI sequence
+    """The scan of one frame in a folder of frames (``<id>.bin``, ``<id>.npy``...; a SemanticKITTI sequence
     folder is searched in its ``velodyne/``). ``frame`` matches a file stem exactly or as a number
     (``12`` finds ``000012.bin``); without it the folder must hold a single frame."""
-    if (folder / "label_2").is_dir() or (folder / "calib").is_dir():
-        raise UserError(f"{folder}: KITTI object frames (velodyne + label_2 + calib) are not supported yet; "
-                        "pass a velodyne .bin file")
+    if (folder / "calib").is_dir() and not (folder / "velodyne").is_dir():
+        raise UserError(f"{folder}: a KITTI folder without velodyne/ (a KITTI subset holds velodyne/ and calib/)")
     search = folder / "velodyne" if (folder / "velodyne").is_dir() else folder
     files = sorted(p for p in search.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
     if not files:
@@ -168,7 +214,7 @@ def resolve_frame_files(folder: Path, frame: str | None) -> list[Path]:
             raise UserError(f"{folder}: holds {len(stems)} frames ({stems[0]} .. {stems[-1]}); "
                             "pick one with --frame ID")
         return files
-    chosen = [p for p in files if _frame_matches(p.stem, frame)]
+    chosen = [p for p in files if frame_matches(p.stem, frame)]
     if not chosen:
         raise UserError(f"--frame: no frame {frame!r} in {search} (frames {stems[0]} .. {stems[-1]})")
     return chosen

@@ -1,9 +1,10 @@
-"""Geometry behind the drawables, in numpy: box corners and heading, points inside rotated boxes, mesh edges,
-normals, camera frusta, ellipsoid glyphs and voxel cubes.
+"""Geometry behind the drawables, in numpy: box heading markers, mesh edges, normals, camera frusta, ellipsoid
+glyphs and voxel cubes. Box corners and point-in-box tests live in :mod:`sparse3d.geometry.boxes`.
 
 Conventions: boxes are ``(x, y, z, dx, dy, dz, heading)`` in the LiDAR frame with ``z`` at the box centre and
-``heading`` the rotation about +z from +x (OpenPCDet); quaternions are ``(w, x, y, z)``; cameras are OpenCV
-world-to-camera ``x_cam = R x + t`` with pixel centres at ``+0.5`` (see :mod:`sparse3d.cameras`).
+``heading`` the rotation about +z from +x (as in :mod:`sparse3d.geometry.boxes`); quaternions are
+``(w, x, y, z)``; cameras are OpenCV world-to-camera ``x_cam = R x + t`` with pixel centres at ``+0.5``
+(see :mod:`sparse3d.cameras`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "BOX_EDGES",
-    "box_corners",
     "heading_segments",
-    "points_in_boxes",
     "mesh_edges",
     "boundary_edges",
     "vertex_normals",
@@ -25,17 +23,6 @@ __all__ = [
     "frustum_corners",
     "image_plane_grid",
 ]
-
-# Unit-box corner template (OpenPCDet order): 0-3 the bottom face, 4-7 the top face; 0, 1, 4, 5 on the front (+x).
-_CORNER_TEMPLATE = np.array(
-    [[1, 1, -1], [1, -1, -1], [-1, -1, -1], [-1, 1, -1], [1, 1, 1], [1, -1, 1], [-1, -1, 1], [-1, 1, 1]],
-    dtype=np.float64,
-) / 2.0
-
-BOX_EDGES = np.array(
-    [[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]], dtype=np.int64
-)
-"""The 12 edges of a box as index pairs into :func:`box_corners`' eight corners."""
 
 
 def _boxes(boxes: np.ndarray) -> np.ndarray:
@@ -51,52 +38,11 @@ def _boxes(boxes: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _rot_z(heading: np.ndarray) -> np.ndarray:
-    """(B, 3, 3) rotations about +z."""
-    c, s = np.cos(heading), np.sin(heading)
-    rot = np.zeros((heading.shape[0], 3, 3))
-    rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1.0
-    return rot
-
-
-def box_corners(boxes: np.ndarray) -> np.ndarray:
-    """(B, 8, 3) corners of (B, 7) boxes in the order of :data:`BOX_EDGES` (front face = corners 0, 1, 4, 5)."""
-    b = _boxes(boxes)
-    local = _CORNER_TEMPLATE[None] * b[:, None, 3:6]
-    return np.einsum("bij,bkj->bki", _rot_z(b[:, 6]), local) + b[:, None, :3]
-
-
 def heading_segments(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, 3) box centres and (B, 3) centres of their front faces: the heading marker runs between them."""
     b = _boxes(boxes)
     direction = np.stack([np.cos(b[:, 6]), np.sin(b[:, 6]), np.zeros(len(b))], axis=1)
     return b[:, :3].copy(), b[:, :3] + direction * b[:, 3:4] / 2.0
-
-
-def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N, B) bool: point ``i`` lies inside box ``j`` (faces included).
-
-    A point is inside when its offset from the box centre, rotated by ``-heading`` about +z, is within half the
-    box size on every axis. Only the first three columns of ``points`` are used.
-    """
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] < 3:
-        raise ValueError(f"points must have shape (N, 3+), got {pts.shape}")
-    b = _boxes(boxes)
-    n = pts.shape[0]
-    out = np.zeros((n, b.shape[0]), dtype=bool)
-    chunk = max(1, (1 << 22) // max(n, 1))  # bound the (N, chunk) temporaries to ~4M elements each
-    for start in range(0, b.shape[0], chunk):
-        bb = b[start : start + chunk]
-        d = pts[:, None, :3] - bb[None, :, :3]
-        c, s = np.cos(bb[:, 6]), np.sin(bb[:, 6])
-        local_x = d[..., 0] * c + d[..., 1] * s
-        local_y = -d[..., 0] * s + d[..., 1] * c
-        half = bb[:, 3:6] / 2.0
-        out[:, start : start + chunk] = (
-            (np.abs(local_x) <= half[:, 0]) & (np.abs(local_y) <= half[:, 1]) & (np.abs(d[..., 2]) <= half[:, 2])
-        )
-    return out
 
 
 def _faces(faces: np.ndarray) -> np.ndarray:

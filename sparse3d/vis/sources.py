@@ -7,8 +7,15 @@ Supported inputs (types as in :mod:`sparse3d.vis.detect`):
   ``reflectance``, ``label`` / ``semantic`` properties), ``.pcd`` (through Open3D's tensor reader: colours,
   intensity, label). A SemanticKITTI ``labels/NNNNNN.label`` next to ``velodyne/NNNNNN.bin`` (or
   ``NNNNNN.label`` beside it) supplies labels. A coordinate frame marks the sensor origin.
-* boxes: box JSON files (:mod:`sparse3d.vis.box_json`); ground truth and predictions in distinct colours,
-  points inside them recoloured to match.
+* KITTI frames: a KITTI root (``training/`` first, else ``testing/``), a subset folder, or one
+  ``velodyne/<id>.bin`` (its ``calib/`` and ``label_2/`` found beside ``velodyne/``); read with
+  :func:`sparse3d.datasets.kitti.load_frame` (points, and the ``label_2`` boxes converted through the calib as
+  ground truth). ``DontCare`` rows are ignore regions with placeholder 3-D values, so they are not drawn.
+* detections (:mod:`sparse3d.vis.detections`): ``sparse3d-detect``'s ``detections.json`` or KITTI ``label_2``
+  result files (or its output folder, ``detections.json`` preferred), for the frame chosen by ``--frame``,
+  else the frame of the KITTI input or the stem of the point file beside them; KITTI rows are converted with
+  that KITTI frame's calib. Ground truth and predictions (those above ``--score-threshold``) are drawn in
+  distinct colours, the points inside them recoloured to match.
 * meshes: ``.ply .obj .glb .off .stl`` through trimesh when installed, else Open3D; vertex colours kept;
   open-boundary edges highlighted; optional wireframe and normals.
 * 3DGS ``.ply``: Gaussian centres in their DC colours, or the K most opaque as ellipsoids (``glyphs``).
@@ -29,18 +36,38 @@ from typing import Any
 
 import numpy as np
 
+from sparse3d.datasets.kitti import KittiFrame, load_frame
 from sparse3d.io.gaussian_ply import load_gaussian_ply
 from sparse3d.io.images import read_image
+from sparse3d.io.kitti import KittiCalib
 from sparse3d.io.pointcloud import read_kitti_bin, read_ply_points, read_semantic_kitti_label
 from sparse3d.io.spare import SplitEntry, load_scene, read_split
 from sparse3d.utils.errors import UserError
 from sparse3d.vis import builders as B
 from sparse3d.vis import colors as C
-from sparse3d.vis.box_json import BoxSet, read_box_json
-from sparse3d.vis.detect import TYPES, detect_type, folder_type, resolve_frame_files, spare_split_files
+from sparse3d.vis.detect import (
+    KITTI_SUBSETS,
+    TYPES,
+    detect_type,
+    folder_type,
+    is_kitti_subset,
+    kitti_velodyne_file,
+    resolve_frame_files,
+    spare_split_files,
+)
+from sparse3d.vis.detections import BoxSet, frame_matches, kitti_label_boxes, read_detections_json
 from sparse3d.vis.scene import Drawable, Points, Scene
 
-__all__ = ["VisOptions", "load_points", "load_mesh", "load_run_gaussians", "spare_drawables", "build_scene"]
+__all__ = [
+    "VisOptions",
+    "build_scene",
+    "load_detections",
+    "load_kitti_frame",
+    "load_mesh",
+    "load_points",
+    "load_run_gaussians",
+    "spare_drawables",
+]
 
 _INTENSITY_NAMES = ("intensity", "reflectance", "scalar_intensity", "scalar_Intensity", "remission")
 _LABEL_NAMES = ("label", "semantic", "class", "scalar_label", "semantic_label")
@@ -53,7 +80,9 @@ class VisOptions:
     Attributes:
         type: ``auto`` (detect from content) or one of :data:`~sparse3d.vis.detect.TYPES`, for every path.
         color: point colouring, one of :data:`~sparse3d.vis.builders.COLOR_MODES`.
-        frame: frame id in a folder of frames, or scene name in a SpaRe root.
+        frame: frame id in a folder of frames, a KITTI folder or a detections file, or scene name in a SpaRe
+            root.
+        score_threshold: draw only the predictions scoring at least this (all of them for None).
         glyphs: 3DGS: draw the ``glyphs`` most opaque Gaussians as ellipsoids instead of all centres as points.
         wireframe: meshes: draw their edges.
         normals: meshes: draw vertex normals.
@@ -69,6 +98,7 @@ class VisOptions:
     normals: bool = False
     voxel_size: float | None = None
     point_size: float = 2.0
+    score_threshold: float | None = None
 
 
 @contextlib.contextmanager
@@ -138,6 +168,80 @@ def load_points(path: str | Path, color: str = "auto") -> B.PointData:
             return _read_pcd(p)
         scan = read_kitti_bin(p)
     return B.PointData(scan[:, :3], scan[:, 3], None, _semantic_kitti_labels(p, len(scan)), source=str(p))
+
+
+# ------------------------------------------------------------------------------------- KITTI, detections
+def _kitti_frame_id(subset_dir: Path, frame: str | None) -> str:
+    """The scan of ``subset_dir/velodyne`` that ``frame`` names (exactly or as a number); without ``frame`` the
+    folder must hold a single scan."""
+    velodyne = subset_dir / "velodyne"
+    stems = sorted(p.stem for p in velodyne.iterdir() if p.is_file() and p.suffix.lower() == ".bin")
+    if not stems:
+        raise UserError(f"{velodyne}: no .bin scans found")
+    if frame is None:
+        if len(stems) > 1:
+            raise UserError(f"{subset_dir}: holds {len(stems)} frames ({stems[0]} .. {stems[-1]}); "
+                            "pick one with --frame ID")
+        return stems[0]
+    chosen = [s for s in stems if frame_matches(s, frame)]
+    if not chosen:
+        raise UserError(f"--frame: no frame {frame!r} in {velodyne} (frames {stems[0]} .. {stems[-1]})")
+    return chosen[0]
+
+
+def load_kitti_frame(path: str | Path, frame: str | None = None) -> KittiFrame:
+    """One KITTI frame of a root, a subset folder (``training`` / ``testing``) or a ``velodyne/<id>.bin``,
+    through :func:`~sparse3d.datasets.kitti.load_frame`; ``frame`` picks the frame in a folder."""
+    p = Path(path)
+    if p.is_file():
+        if not kitti_velodyne_file(p):
+            raise UserError(f"{p}: not a KITTI scan <subset>/velodyne/<id>.bin with a calib/ folder beside "
+                            "velodyne/")
+        subset_dir, fid = p.parent.parent, p.stem
+    else:
+        subsets = [d for d in (p, *(p / s for s in KITTI_SUBSETS)) if is_kitti_subset(d)]
+        if not subsets:
+            raise UserError(f"{p}: not a KITTI folder (a root with training/ or testing/, or a subset folder "
+                            "with velodyne/ and calib/)")
+        subset_dir = subsets[0]
+        fid = _kitti_frame_id(subset_dir, frame)
+    if subset_dir.name not in KITTI_SUBSETS:
+        raise UserError(f"{subset_dir}: a KITTI subset folder must be named {' or '.join(KITTI_SUBSETS)}")
+    with _reading(subset_dir):
+        return load_frame(subset_dir.parent, fid, subset=subset_dir.name)
+
+
+def _label_file(folder: Path, frame: str | None) -> Path:
+    files = sorted(p for p in folder.glob("*.txt") if p.is_file())
+    if not files:
+        raise UserError(f"{folder}: no KITTI label files (<id>.txt) found")
+    if frame is None:
+        if len(files) > 1:
+            raise UserError(f"{folder}: holds {len(files)} label files ({files[0].stem} .. {files[-1].stem}); "
+                            "pick one with --frame ID")
+        return files[0]
+    chosen = [p for p in files if frame_matches(p.stem, frame)]
+    if not chosen:
+        raise UserError(f"--frame: no label file for frame {frame!r} in {folder} "
+                        f"(frames {files[0].stem} .. {files[-1].stem})")
+    return chosen[0]
+
+
+def load_detections(path: str | Path, frame: str | None = None, calib: KittiCalib | None = None) -> BoxSet:
+    """The boxes of frame ``frame`` in a ``detections.json``, a KITTI ``label_2`` file or folder, or a
+    ``sparse3d-detect`` output folder (its ``detections.json`` when present, else its ``label_2/``). KITTI rows
+    are in the camera frame and need the frame's ``calib``."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "detections.json").is_file():
+            return read_detections_json(p / "detections.json", frame)
+        p = _label_file(p / "label_2" if (p / "label_2").is_dir() else p, frame)
+    if p.suffix.lower() == ".json":
+        return read_detections_json(p, frame)
+    if calib is None:
+        raise UserError(f"{p}: KITTI label rows are in the camera frame; pass the frame's KITTI scan or folder "
+                        "too (its calib converts them), or the detections.json")
+    return kitti_label_boxes(p, calib)
 
 
 # ----------------------------------------------------------------------------------------------- meshes
@@ -288,7 +392,10 @@ def _expand(paths: Sequence[str | Path], options: VisOptions) -> tuple[list[tupl
                 raise UserError(f"{f}: --type run needs a run folder holding summary.json")
             if kind == "posed" and f.is_dir() and folder_type(f) != "posed":
                 raise UserError(f"{f}: --type posed needs a SpaRe dataset root or scene folder")
-            if kind not in ("run", "posed") and f.is_dir():
+            if kind in ("kitti", "detections") and f.is_dir() and folder_type(f) != kind:
+                raise UserError(f"{f}: --type {kind} needs a {'KITTI' if kind == 'kitti' else 'detection results'} "
+                                "folder")
+            if kind not in ("run", "posed", "kitti", "detections") and f.is_dir():
                 raise UserError(f"{f}: --type {kind} needs a file, got a folder")
             out.append((f, kind))
     return out, used_frame
@@ -306,17 +413,34 @@ def build_scene(paths: Sequence[str | Path], options: VisOptions | None = None) 
         raise UserError(f"--point-size: must be positive, got {opts.point_size}")
     if opts.color not in B.COLOR_MODES:
         raise UserError(f"--color: unknown colouring {opts.color!r}; one of {', '.join(B.COLOR_MODES)}")
+    if opts.score_threshold is not None and not np.isfinite(opts.score_threshold):
+        raise UserError(f"--score-threshold: must be a finite number, got {opts.score_threshold}")
     inputs, used_frame = _expand(paths, opts)
+    # detections last: they take their frame id and calib from the scans and KITTI frames
+    inputs.sort(key=lambda item: item[1] == "detections")
     clouds: list[Points] = []
     boxes: list[BoxSet] = []
     others: list[Drawable] = []
     camera_axes: tuple[np.ndarray, np.ndarray] | None = None
+    context_frame: str | None = None
+    calib: KittiCalib | None = None
     for path, kind in inputs:
         if kind == "points":
             data = load_points(path, opts.color)
             clouds.append(B.point_cloud(data, opts.color))
-        elif kind == "boxes":
-            boxes.append(read_box_json(path))
+            context_frame = context_frame or path.stem
+        elif kind == "kitti":
+            frame = load_kitti_frame(path, opts.frame)
+            used_frame = used_frame or (opts.frame is not None and path.is_dir())
+            data = B.PointData(frame.points[:, :3], frame.points[:, 3], source=str(path))
+            clouds.append(B.point_cloud(data, opts.color))
+            boxes.append(BoxSet(frame.boxes.astype(np.float64), tuple(str(n) for n in frame.names),
+                                np.full(len(frame.boxes), np.nan)))
+            context_frame = context_frame or frame.frame_id
+            calib = calib or frame.calib
+        elif kind == "detections":
+            boxes.append(load_detections(path, opts.frame or context_frame, calib))
+            used_frame = used_frame or opts.frame is not None
         elif kind == "mesh":
             vertices, faces, colors = load_mesh(path)
             others += B.mesh_drawables(vertices, faces, colors, wireframe=opts.wireframe, normals=opts.normals,
@@ -333,14 +457,13 @@ def build_scene(paths: Sequence[str | Path], options: VisOptions | None = None) 
             camera_axes = camera_axes or (up, forward)
             used_frame = used_frame or frame_used_here
     if opts.frame is not None and not used_frame:
-        raise UserError(f"--frame: {opts.frame!r} selects nothing: no PATH is a folder of frames or a SpaRe root")
+        raise UserError(f"--frame: {opts.frame!r} selects nothing: no PATH is a folder of frames, a KITTI folder, "
+                        "a detections file or a SpaRe root")
 
     scene = Scene(point_size=opts.point_size)
     if camera_axes is not None and not clouds and not boxes:  # only cameras: look at them the way they look
         scene = Scene(up=camera_axes[0], forward=camera_axes[1], point_size=opts.point_size)
-    all_boxes = BoxSet(np.concatenate([b.boxes for b in boxes]) if boxes else np.zeros((0, 7)),
-                       tuple(n for b in boxes for n in b.names),
-                       np.concatenate([b.scores for b in boxes]) if boxes else np.zeros(0))
+    all_boxes = BoxSet.concatenate(boxes).above(opts.score_threshold)
     gt, pred = all_boxes.select(~all_boxes.is_prediction), all_boxes.select(all_boxes.is_prediction)
     for cloud in clouds:
         cloud = B.highlight_points_in_boxes(cloud, gt.boxes, C.GT_BOX_COLOR) if len(gt) else cloud

@@ -1,5 +1,6 @@
-"""`sparse3d-vis` end to end: headless renders checked pixel by pixel against the cameras the viewer uses, an MP4
-turntable read back with OpenCV, and one-line errors (exit 2, no output file) for malformed inputs.
+"""`sparse3d-vis` end to end: headless renders (a KITTI frame with ground truth and detections, meshes, 3DGS,
+cameras) checked pixel by pixel against the cameras the viewer uses, an MP4 turntable read back with OpenCV, and
+one-line errors (exit 2, no output file) for malformed inputs.
 
 The CLI runs as ``python -m sparse3d.cli.vis`` in a subprocess (as a user runs it); the expected pixel positions
 come from the same scene and camera code (:func:`build_scene`, :func:`view_camera`) evaluated in this process.
@@ -19,15 +20,15 @@ import numpy as np
 import pytest
 import torch
 
+from sparse3d.geometry.boxes import box_corners
 from sparse3d.io.gaussian_ply import GaussianCloud, save_gaussian_ply
 from sparse3d.io.pointcloud import write_kitti_bin, write_ply_points
 from sparse3d.models.splatting.gaussians import rgb_to_sh0
 from sparse3d.utils.errors import UserError
 from sparse3d.vis import colors as C
 from sparse3d.vis import render
-from sparse3d.vis.box_json import write_box_json
 from sparse3d.vis.camera import ViewCamera, look_at_camera, view_camera
-from sparse3d.vis.geometry import box_corners, cube_mesh
+from sparse3d.vis.geometry import cube_mesh
 from sparse3d.vis.scene import Points, Scene
 from sparse3d.vis.sources import VisOptions, build_scene
 
@@ -67,31 +68,96 @@ def background_fraction(image: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ LiDAR + boxes
 
 
-def test_bev_render_shows_boxes_where_they_project(run_cli: RunCli, tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    gt_box = [10.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.5]
-    pred_box = [-8.0, 6.0, 0.0, 3.0, 1.6, 1.5, -0.3]
-    ground = np.concatenate([rng.uniform([-20, -15, -1.2], [20, 15, -1.0], (3000, 3)), rng.uniform(0, 1, (3000, 1))], 1)
-    inside = np.array([[10.0, 0.0, 0.0, 0.5]])  # a point inside the ground-truth box, at its centre
-    write_kitti_bin(tmp_path / "scan.bin", np.concatenate([ground, inside]).astype(np.float32))
-    write_box_json(tmp_path / "gt.json", np.array([gt_box]), ["Car"])
-    write_box_json(tmp_path / "det.json", np.array([pred_box]), ["Car"], np.array([0.8]))
-    paths = [tmp_path / "scan.bin", tmp_path / "gt.json", tmp_path / "det.json"]
-    out = tmp_path / "bev.png"
-    ok(vis(run_cli, *paths, "--view", "bev", "--size", "320x240", "--point-size", "3", "--save", out))
+@pytest.fixture(scope="module")
+def kitti_frame(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A generated KITTI frame 000000, its ground-truth LiDAR boxes and predictions (each GT box grown by 30 %,
+    score 0.9, plus one score-0.1 box on empty ground) written as sparse3d-detect writes them."""
+    from sparse3d.datasets.kitti import detections_to_objects, load_frame
+    from sparse3d.datasets.synth.kitti import generate_kitti_frames
+    from sparse3d.detect import FrameDetections
+    from sparse3d.io.kitti import write_label
+
+    base = tmp_path_factory.mktemp("kitti_vis")
+    root = generate_kitti_frames(base / "kitti", num_frames=1, num_azimuth=700, progress=False)
+    frame = load_frame(root, "000000")
+    gt = frame.boxes.astype(np.float64)
+    pred = gt * [1, 1, 1, 1.3, 1.3, 1.3, 1]
+    pred[:, 2] += 0.15 * gt[:, 5]  # same bottom, taller: the predicted top face lies above the ground truth's
+    low = np.array([[gt[:, 0].mean(), gt[:, 1].min() - 6.0, gt[:, 2].mean(), 4.0, 2.0, 1.5, 0.3]])
+    boxes, scores = np.concatenate([pred, low]), np.array([0.9] * len(pred) + [0.1], np.float32)
+    out = base / "detect_out"
+    (out / "label_2").mkdir(parents=True)
+    detections = FrameDetections("000000", boxes.astype(np.float32), scores, ["Car"] * len(boxes))
+    (out / "detections.json").write_text(json.dumps({"000000": detections.to_json()}))
+    write_label(out / "label_2" / "000000.txt",
+                detections_to_objects(boxes, scores, ["Car"] * len(boxes), frame.calib, frame.image_shape))
+    return root, gt, boxes
+
+
+def _edge_samples(boxes: np.ndarray) -> list[np.ndarray]:
+    """Points along the four top edges of each box (the top face is what the BEV and iso cameras see first)."""
+    out = []
+    for corners in box_corners(np.asarray(boxes, np.float64)):
+        top = corners[4:]
+        out.append(np.array([top[i] + f * (top[(i + 1) % 4] - top[i]) for i in range(4) for f in (0.25, 0.5, 0.75)]))
+    return out
+
+
+@pytest.mark.parametrize("view, results", [("bev", "detections.json"), ("iso", "label_2")])
+def test_kitti_frame_with_gt_and_detections_renders_boxes_where_they_project(
+    run_cli: RunCli, tmp_path: Path, kitti_frame: tuple[Path, np.ndarray, np.ndarray], view: str, results: str
+) -> None:
+    root, gt, pred = kitti_frame
+    detections = root.parent / "detect_out" / results
+    paths = [root, detections]
+    out = tmp_path / f"{view}.png"
+    ok(vis(run_cli, *paths, "--frame", "0", "--score-threshold", "0.5", "--view", view, "--size", "640x480",
+           "--save", out))
     image = read_rgb(out)
-    assert image.shape == (240, 320, 3)
-    camera = view_camera(build_scene(paths, VisOptions(point_size=3)), "bev", 320, 240)
-    for box, color in ((gt_box, C.GT_BOX_COLOR), (pred_box, C.PRED_BOX_COLOR)):
-        top = box_corners(np.array(box))[0][4:]  # the top face, nearest to the BEV camera
-        samples = [top[i] + f * (top[(i + 1) % 4] - top[i]) for i in range(4) for f in (0.2, 0.5, 0.8)]
-        uv, _ = camera.project(np.array(samples))
-        hits = [color_near(image, p, color, radius=1) for p in uv]
-        assert all(hits), (color, hits)
-    centre_uv, _ = camera.project(inside[:, :3])
-    assert color_near(image, centre_uv[0], C.GT_BOX_COLOR, radius=1)  # the in-box point takes the box colour
-    assert not np.any(np.all(image == np.rint(np.array(C.GT_BOX_COLOR) * 255), axis=-1)[:30, :])  # far from the box
-    assert 0.05 < 1.0 - background_fraction(image) < 0.95
+    assert image.shape == (480, 640, 3)
+    assert 0.02 < 1.0 - background_fraction(image) < 0.95  # not empty, not flooded
+    camera = view_camera(build_scene(paths, VisOptions(frame="0", score_threshold=0.5)), view, 640, 480)
+    for boxes, color in ((gt, C.GT_BOX_COLOR), (pred[:-1], C.PRED_BOX_COLOR)):
+        hits = []
+        for samples in _edge_samples(boxes):
+            uv, depth = camera.project(samples)
+            inside = (depth > 0) & (uv[:, 0] >= 2) & (uv[:, 0] < 638) & (uv[:, 1] >= 2) & (uv[:, 1] < 478)
+            hits += [color_near(image, p, color, radius=1) for p in uv[inside]]
+        assert len(hits) >= 12 * 3 and np.mean(hits) > 0.85, (view, color, np.mean(hits))
+    # the score-0.1 box is below the threshold: no prediction colour where it would be
+    uv, _ = camera.project(np.concatenate(_edge_samples(pred[-1:])))
+    assert not any(color_near(image, p, C.PRED_BOX_COLOR, radius=1) for p in uv)
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("frame", "--frame: no frame '42'"),
+    ("calib", "calib/000000.txt: KITTI calib file not found"),
+    ("label", "label_2/000000.txt:1: expected 15 columns"),
+    ("results", "detections.json: no frame '0' (frames 000001 .. 000001)"),
+])
+def test_kitti_malformed_inputs_give_one_line_and_no_output(
+    run_cli: RunCli, tmp_path: Path, kitti_frame: tuple[Path, np.ndarray, np.ndarray], case: str, fragment: str
+) -> None:
+    import shutil
+
+    root = tmp_path / "kitti"
+    shutil.copytree(kitti_frame[0], root)
+    args: list[object] = [root]
+    if case == "calib":
+        (root / "training" / "calib" / "000000.txt").unlink()
+    elif case == "label":
+        (root / "training" / "label_2" / "000000.txt").write_text("Car 0.0 0\n")
+    elif case == "results":
+        (tmp_path / "detections.json").write_text(json.dumps({"000001": []}))
+        args.append(tmp_path / "detections.json")
+    args += ["--frame", "42" if case == "frame" else "0"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = vis(run_cli, *args, "--save", tmp_path / "out.png")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sparse3d-vis: error: ") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 # ---------------------------------------------------------------------------------------------------- meshes
@@ -248,7 +314,8 @@ def _inputs(folder: Path) -> None:
     write_kitti_bin(folder / "scan.bin", np.zeros((8, 4), np.float32))
     (folder / "short.bin").write_bytes(b"\0" * 20)
     (folder / "broken.json").write_text("[{")
-    (folder / "six.json").write_text(json.dumps([{"box": [0, 0, 0, 1, 1, 1], "name": "Car"}]))
+    (folder / "six.json").write_text(json.dumps({"scan": [{"box_lidar": [0, 0, 0, 1, 1, 1], "name": "Car",
+                                                            "score": 0.5}]}))
     write_ply_points(folder / "cloud.ply", np.zeros((4, 3), np.float32))
     (folder / "notes.txt").write_text("hello\n")
 
@@ -257,7 +324,8 @@ def _inputs(folder: Path) -> None:
     (["missing.bin", "--save", "out.png"], "missing.bin: no such file"),
     (["short.bin", "--save", "out.png"], "short.bin: 20 bytes is not a whole number of KITTI points"),
     (["broken.json", "--save", "out.png"], "broken.json: invalid JSON"),
-    (["scan.bin", "six.json", "--save", "out.png"], "six.json: entry 0: 'box' must be 7 finite numbers"),
+    (["scan.bin", "six.json", "--save", "out.png"], "six.json: frame scan entry 0: 'box_lidar' must be 7 finite"),
+    (["scan.bin", "six.json", "--score-threshold", "nan", "--save", "out.png"], "--score-threshold: expected a finite"),
     (["notes.txt", "--save", "out.png"], "notes.txt: unrecognised content"),
     (["cloud.ply", "--type", "mesh", "--save", "out.png"], "cloud.ply: no triangles found"),
     (["scan.bin", "--color", "label", "--save", "out.png"], "scan.bin: --color label: the point cloud has no labels"),

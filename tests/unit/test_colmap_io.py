@@ -13,10 +13,16 @@ import pytest
 import torch
 
 from sparse3d.io.colmap import (
+    ColmapCamera,
+    ColmapImage,
+    ColmapPoints,
     model_views,
+    points_source,
     qvec_to_rotmat,
     read_colmap_model,
+    read_model_points,
     rotmat_to_qvec,
+    write_colmap_text,
 )
 from sparse3d.io.images import write_png
 from sparse3d.utils.errors import UserError
@@ -205,3 +211,65 @@ def test_binary_model_written_by_pycolmap_reads_like_its_text_export(tmp_path: P
     assert _pixel(cams, 0, (1.0, 1.0, 0.0)) == pytest.approx((30.0, 27.0), abs=1e-4)  # as the text test, by hand
     assert _pixel(cams, 1, (-1.0, 0.5, 2.0)) == pytest.approx((40.0, 20.0), abs=1e-4)  # (50*2/5+20, 50*0.5/5+15)
     assert model_views(from_bin, tmp_path / "scene" / "images").distortion[1].params["k1"] == 0.1  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------------------------- points3D
+THREE_POINTS = """# 3D point list with one line of data per point:
+#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)
+7 0.5 -1.25 3 0 128 255 0.75 1 0 2 1
+9 -2 0 1e-3 255 255 255 1.5
+
+12 10 20 -30 1 2 3 0 1 1
+"""
+
+
+def test_hand_written_points3d_reach_the_scene_as_scene_points(tmp_path: Path) -> None:
+    from sparse3d.datasets.posed_scenes import load_colmap_scene
+
+    model = _model(tmp_path, points=THREE_POINTS)
+    pts = read_model_points(model)
+    assert pts.ids.tolist() == [7, 9, 12] and pts.xyz.dtype == np.float32
+    np.testing.assert_array_equal(pts.xyz, np.array([[0.5, -1.25, 3.0], [-2.0, 0.0, 1e-3], [10.0, 20.0, -30.0]],
+                                                    np.float32))
+    np.testing.assert_array_equal(pts.rgb, np.array([[0, 128, 255], [255, 255, 255], [1, 2, 3]], np.float32) / 255)
+    np.testing.assert_array_equal(pts.error, np.array([0.75, 1.5, 0.0], np.float32))
+    scene = load_colmap_scene(tmp_path, split="every_nth", test_every=2, num_train=None)
+    assert scene.points is not None and scene.points.source == f"points3D ({model / 'points3D.txt'})"
+    torch.testing.assert_close(scene.points.xyz, torch.from_numpy(pts.xyz), rtol=0, atol=0)
+    torch.testing.assert_close(scene.points.rgb, torch.from_numpy(pts.rgb), rtol=0, atol=0)
+    (model / "points3D.txt").unlink()
+    assert len(read_model_points(model)) == 0 and load_colmap_scene(tmp_path, with_test=False, split="every_nth",
+                                                                   test_every=2, num_train=1).points is None
+
+
+def test_points3d_round_trip_through_pycolmap_text_and_binary(tmp_path: Path) -> None:
+    pycolmap = pytest.importorskip("pycolmap")
+    rng = np.random.default_rng(4)
+    n = 50
+    ids = rng.choice(np.arange(1, 10_000), n, replace=False)
+    xyz = (rng.normal(size=(n, 3)) * 10).astype(np.float32)
+    rgb8 = rng.integers(0, 256, size=(n, 3))
+    camera = ColmapCamera(1, "PINHOLE", 40, 30, (50.0, 60.0, 20.0, 15.0))
+    images = [ColmapImage(1, (1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 5.0), 1, "a.png"),
+              ColmapImage(2, (C45, 0.0, C45, 0.0), (0.0, 0.0, 4.0), 1, "b.png")]
+    ours = ColmapPoints(ids.astype(np.int64), xyz, rgb8.astype(np.float32) / 255.0, np.zeros(n, np.float32))
+    text = write_colmap_text(tmp_path / "text", [camera], images, ours)
+    # pycolmap parses our text and writes its binary and text; we read both back
+    rec = pycolmap.Reconstruction(str(text))
+    assert rec.num_points3D() == n
+    for pid, k in zip(ids, range(n), strict=True):
+        np.testing.assert_array_equal(np.asarray(rec.points3D[int(pid)].xyz).astype(np.float32), xyz[k])
+        np.testing.assert_array_equal(np.asarray(rec.points3D[int(pid)].color), rgb8[k])
+    binary, text2 = tmp_path / "bin", tmp_path / "text2"
+    binary.mkdir()
+    text2.mkdir()
+    rec.write_binary(str(binary))
+    rec.write_text(str(text2))
+    order = np.argsort(ids)
+    for folder in (binary, text2):
+        back = read_model_points(folder)
+        assert back.ids.tolist() == ids[order].tolist(), folder
+        np.testing.assert_array_equal(back.xyz, xyz[order])
+        np.testing.assert_array_equal(np.round(back.rgb * 255), rgb8[order])
+        assert read_colmap_model(folder).points.ids.tolist() == back.ids.tolist()
+    assert points_source(binary).endswith("points3D.bin)") and points_source(text2).endswith("points3D.txt)")

@@ -44,6 +44,9 @@ def _group_options(group: str) -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in CONFIG_ROOT.joinpath(group).iterdir() if p.name.endswith(".yaml"))
 
 
+DETECTION_MODELS = {"dsvt_pillar", "dsvt_voxel", "pointpillars"}
+
+
 def _local_overrides(tmp_path: Path) -> list[str]:
     return [f"paths.output_root={tmp_path / 'outputs'}", f"paths.data_dir={tmp_path / 'data'}"]
 
@@ -52,7 +55,7 @@ def _shrink_generator(node: DictConfig) -> None:
     """Make a data generator tiny for tests, touching only arguments its target actually takes."""
     params = inspect.signature(get_method(node._target_)).parameters
     small = {"num_scenes": 3, "val_scenes": 1, "num_beams": 8, "points_per_beam": 256, "progress": False,
-             "num_samples": 8, "val_samples": 4, "width": 64, "height": 48}
+             "num_samples": 8, "val_samples": 4, "width": 64, "height": 48, "num_frames": 4, "num_azimuth": 512}
     with open_dict(node):
         for key, value in small.items():
             if key in params:
@@ -150,7 +153,9 @@ def test_every_group_option_composes(hydra_compose: Compose, group: str, tmp_pat
             continue
         # per-scene options go with a per-scene experiment (quickstart sets dataset-trainer keys)
         per_scene = ["experiment=gs3d_spare"] if (group, option) in {("trainer", "scene"), ("data", "spare_scene")} else []
-        cfg = hydra_compose("train", [*per_scene, f"{group}={option}", *_local_overrides(tmp_path)])
+        # detection models read detection data facts (class names, point features): pair them with KITTI data
+        detection = ["data=synthetic_kitti"] if group == "model" and option in DETECTION_MODELS else []
+        cfg = hydra_compose("train", [*per_scene, *detection, f"{group}={option}", *_local_overrides(tmp_path)])
         node = cfg[group]
         OmegaConf.to_container(node, resolve=True)
         if group in ("optimizer", "scheduler"):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sparse3d.io.gaussian_ply import GaussianCloud, load_gaussian_ply, ply_property_names, save_gaussian_ply
+from sparse3d.utils.errors import UserError
 
 GRAPHDECO_ORDER = (
     "x y z nx ny nz f_dc_0 f_dc_1 f_dc_2 "
@@ -163,3 +164,55 @@ def test_clear_errors_name_the_file(tmp_path: Path) -> None:
         save_gaussian_ply(tmp_path / "out.ply", bad)
     with pytest.raises(ValueError, match="GaussianCloud.sh"):
         GaussianCloud(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3), torch.ones(2), torch.zeros(2, 5, 3))
+
+
+def _valid_raw(n: int = 5) -> dict[str, np.ndarray]:
+    cols = {nm: np.zeros(n) for nm in ply_property_names(9)}
+    cols["rot_0"] = np.ones(n)  # identity rotation, unit scales (log 0), opacity 1/2 (logit 0)
+    return cols
+
+
+@pytest.mark.parametrize(
+    ("prop", "rows", "value", "message"),
+    [
+        ("x", [1], np.nan, "property 'x' is NaN or infinite for 1 of 5 Gaussians"),
+        ("z", [0, 4], np.inf, "property 'z' is NaN or infinite for 2 of 5 Gaussians"),
+        ("opacity", [2], np.nan, "property 'opacity' is NaN or infinite for 1 of 5 Gaussians"),
+        ("opacity", [0, 1, 2], -np.inf, "property 'opacity' is NaN or infinite for 3 of 5 Gaussians"),
+        ("scale_1", [3], np.inf, "property 'scale_1' is NaN or infinite for 1 of 5 Gaussians"),
+        ("scale_2", [0, 3], 200.0, "property 'scale_2' (a log scale) gives a scale of 0 or inf in float32 for 2 of "
+                                   "5 Gaussians"),
+        ("scale_0", [4], -200.0, "property 'scale_0' (a log scale) gives a scale of 0 or inf in float32 for 1 of "
+                                 "5 Gaussians"),
+        ("rot_2", [1], np.nan, "property 'rot_2' is NaN or infinite for 1 of 5 Gaussians"),
+        ("rot_0", [1, 2], 0.0, "properties rot_0..rot_3 are all zero (a zero-length rotation quaternion) for 2 of "
+                               "5 Gaussians"),
+        ("f_dc_1", [0], np.nan, "property 'f_dc_1' is NaN or infinite for 1 of 5 Gaussians"),
+        ("f_rest_8", [4], -np.inf, "property 'f_rest_8' is NaN or infinite for 1 of 5 Gaussians"),
+    ],
+)
+def test_load_rejects_bad_values_naming_file_property_and_count(
+    tmp_path: Path, prop: str, rows: list[int], value: float, message: str
+) -> None:
+    """Values that save_gaussian_ply refuses to write are refused on load too (one line, a UserError)."""
+    cols = _valid_raw()
+    cols[prop][rows] = value
+    path = tmp_path / "bad.ply"
+    _write_raw(path, cols)
+    with pytest.raises(UserError) as info:
+        load_gaussian_ply(path)
+    assert str(info.value) == f"{path}: {message}"
+    assert isinstance(info.value, ValueError)
+
+
+def test_load_accepts_extreme_but_valid_values(tmp_path: Path) -> None:
+    cols = _valid_raw()
+    cols["opacity"][:] = [-80.0, 80.0, 0.0, 1e30, -1e30]  # logits: opacity 0 and 1 at the extremes
+    cols["scale_0"][:] = [-80.0, 80.0, 0.0, 1.0, -1.0]  # exp stays a positive finite float32
+    cols["rot_3"][:] = 1e-30
+    path = tmp_path / "edge.ply"
+    _write_raw(path, cols)
+    g = load_gaussian_ply(path)
+    np.testing.assert_allclose(g.scales[:, 0].numpy(), np.exp([-80.0, 80.0, 0.0, 1.0, -1.0]).astype(np.float32),
+                               rtol=1e-6)
+    np.testing.assert_allclose(g.opacities.numpy(), [0.0, 1.0, 0.5, 1.0, 0.0], atol=1e-7)

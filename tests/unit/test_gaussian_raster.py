@@ -517,7 +517,7 @@ def test_one_signature_shared_and_gsplat_compatible() -> None:
     assert params(rasterize_torch_tiles) == fields
     ours = inspect.signature(rasterize_gaussians).parameters
     assert params(rasterize_gaussians)[: len(fields)] == fields
-    assert list(ours)[len(fields) :] == ["absgrad", "backend"]
+    assert list(ours)[len(fields) :] == ["absgrad", "backend", "check_values"]
     assert tuple(ours)[: len(GSPLAT_POSITIONAL)] == GSPLAT_POSITIONAL
     assert {k: ours[k].default for k in GSPLAT_DEFAULTS} == GSPLAT_DEFAULTS
     try:
@@ -527,7 +527,7 @@ def test_one_signature_shared_and_gsplat_compatible() -> None:
     if gsplat is not None:
         theirs = inspect.signature(gsplat.rasterization).parameters
         assert tuple(theirs)[: len(GSPLAT_POSITIONAL)] == GSPLAT_POSITIONAL
-        shared = [k for k in ours if k != "backend"]
+        shared = [k for k in ours if k not in ("backend", "check_values")]
         assert {k: theirs[k].default for k in shared} == {k: ours[k].default for k in shared}
     # Calls bind as for a plain function: positionally, by keyword, and TypeError on a wrong call.
     args = _args()

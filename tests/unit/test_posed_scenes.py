@@ -3,12 +3,15 @@ round trips for the LLFF, nerfstudio and COLMAP writers of ``sparse3d.datasets.s
 
 Oracles: the published split indices (fern: test {0, 8, 16}, inputs {1, 10, 19}; DTU's pixelNeRF lists); the
 generator's in-memory cameras (``synth_posed_scene``) against what each reader gets back from the files;
-pycolmap's parser on the generated COLMAP text; reprojection of the generated sparse points.
+pycolmap's parser on the generated COLMAP text; reprojection of the generated sparse points (their colours are
+the pixels they were lifted from; LLFF's world change keeps their pixels).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ from sparse3d.datasets.synth.spare_scenes import generate_spare_scenes
 from sparse3d.io.colmap import model_views, read_colmap_model
 from sparse3d.io.llff import read_llff
 from sparse3d.io.nerfstudio import read_transforms
+from sparse3d.io.pointcloud import write_ply_points
 from sparse3d.utils.errors import UserError
 
 W, H, VIEWS = 48, 36, 20
@@ -195,3 +199,103 @@ def test_dtu_loader_uses_the_dtu_split_on_dtu_layout_data(tmp_path: Path) -> Non
     assert load_dtu_scene(root / "scan1", width=16, height=12).inputs.images.shape == (3, 12, 16, 3)
     with pytest.raises(UserError, match="no DTU-layout scene"):
         load_dtu_scene(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ sparse points
+def _pixel_colours(views, xyz: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """(V, P, 3) image colour at each point's projection in each view (NaN where outside or behind)."""
+    uv, z = views.cameras.project(xyz.double())
+    col, row = uv[..., 0].floor().long(), uv[..., 1].floor().long()
+    inside = (z > 0) & (col >= 0) & (col < views.cameras.width) & (row >= 0) & (row < views.cameras.height)
+    out = torch.full((*uv.shape[:2], 3), float("nan"))
+    for v in range(len(views)):
+        out[v, inside[v]] = views.images[v, row[v, inside[v]], col[v, inside[v]]]
+    return out
+
+
+def test_colmap_loader_points_are_the_points3d_and_lie_on_the_rendered_surfaces(generated: dict[str, Path]) -> None:
+    scene = load_colmap_scene(generated["colmap"], image_dir="images", split="every_nth", num_train=None)
+    folder = generated["colmap"] / synth_posed_scene(0, 0, W, H, VIEWS).name / "sparse" / "0"
+    model = read_colmap_model(folder)
+    assert scene.points is not None and len(scene.points) == len(model.points) > 100
+    assert scene.points.source == f"points3D ({folder / 'points3D.txt'})"
+    torch.testing.assert_close(scene.points.xyz, torch.from_numpy(model.points.xyz), rtol=0, atol=0)
+    torch.testing.assert_close(scene.points.rgb, torch.from_numpy(model.points.rgb), rtol=0, atol=0)
+    # each point was lifted from a pixel centre of some view: in that view it projects into the pixel whose colour
+    # it carries (both 8-bit), so the best match over all views is exact up to rounding
+    assert scene.test is not None
+    colours = torch.cat([_pixel_colours(scene.inputs, scene.points.xyz), _pixel_colours(scene.test, scene.points.xyz)])
+    err = (colours - scene.points.rgb).abs().amax(-1).nan_to_num(1.0).amin(0)
+    assert float(err.max()) <= 1.0 / 255 + 1e-6
+    resized = load_colmap_scene(generated["colmap"], image_dir="images_2", width=12, height=9)
+    assert resized.points is not None and torch.equal(resized.points.xyz, scene.points.xyz)
+
+
+@pytest.mark.parametrize("recenter", [False, True])
+def test_llff_loader_maps_sparse0_points_with_the_cameras(generated: dict[str, Path], recenter: bool) -> None:
+    llff = load_llff_scene(generated["llff"], factor=2, split="every_nth", num_train=None, recenter=recenter)
+    colmap = load_colmap_scene(generated["llff"], image_dir="images_2", split="every_nth", num_train=None)
+    assert llff.points is not None and colmap.points is not None and len(llff.points) == len(colmap.points)
+    assert llff.points.source.startswith("points3D (") and llff.inputs.names == colmap.inputs.names
+    # same pixels in both readers' frames (LLFF rescales the world by 1 / (0.75 * nearest bound), may recentre)
+    uv_l, z_l = llff.inputs.cameras.project(llff.points.xyz.double())
+    uv_c, z_c = colmap.inputs.cameras.project(colmap.points.xyz.double())
+    torch.testing.assert_close(uv_l, uv_c, atol=2e-3, rtol=0)
+    scale = read_llff(generated["llff"] / synth_posed_scene(0, 0, W, H, VIEWS).name, factor=2).scale
+    assert scale != pytest.approx(1.0)
+    torch.testing.assert_close(z_l, z_c * scale, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(llff.points.rgb, colmap.points.rgb)
+
+
+def test_llff_binary_model_without_pycolmap_loads_without_points(
+    tmp_path: Path, generated: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pycolmap = pytest.importorskip("pycolmap")
+    name = synth_posed_scene(0, 0, W, H, VIEWS).name
+    scene = shutil.copytree(generated["llff"] / name, tmp_path / name)
+    model = scene / "sparse" / "0"
+    pycolmap.Reconstruction(str(model)).write_binary(str(model))
+    for f in model.glob("*.txt"):
+        f.unlink()
+    text = load_llff_scene(generated["llff"], factor=2, with_test=False).points
+    binary = load_llff_scene(scene, factor=2, with_test=False).points
+    assert text is not None and binary is not None and binary.source.endswith("points3D.bin)")
+    torch.testing.assert_close(binary.xyz, text.xyz, atol=1e-6, rtol=0)
+    torch.testing.assert_close(binary.rgb, text.rgb, atol=0, rtol=0)
+    monkeypatch.setitem(sys.modules, "pycolmap", None)
+    with pytest.warns(UserWarning, match="needs the pycolmap package.*sparse points are not used"):
+        views = load_llff_scene(scene, factor=2, with_test=False)
+    assert views.points is None and len(views.inputs) == 3
+
+
+def test_nerfstudio_loader_reads_the_ply_named_by_ply_file_path(tmp_path: Path, generated: dict[str, Path]) -> None:
+    name = synth_posed_scene(0, 0, W, H, VIEWS).name
+    ns = load_nerfstudio_scene(generated["nerfstudio"], downscale=2)
+    model = read_colmap_model(generated["colmap"] / name / "sparse" / "0")  # same scene and sampled points
+    assert ns.points is not None and ns.points.source.startswith("sparse_pc.ply (")
+    torch.testing.assert_close(ns.points.xyz, torch.from_numpy(model.points.xyz), atol=0, rtol=0)
+    torch.testing.assert_close(ns.points.rgb, torch.from_numpy(model.points.rgb), atol=1e-6, rtol=0)
+
+    scene = shutil.copytree(generated["nerfstudio"] / name, tmp_path / name)
+    data = json.loads((scene / "transforms.json").read_text())
+    write_ply_points(scene / "grey.ply", np.array([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], np.float32))
+    data["ply_file_path"] = "grey.ply"  # no colours: mid grey
+    (scene / "transforms.json").write_text(json.dumps(data))
+    grey = load_nerfstudio_scene(scene, with_test=False).points
+    assert grey is not None and grey.xyz.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert grey.rgb.tolist() == [[0.5] * 3] * 2
+    data["ply_file_path"] = "missing.ply"
+    (scene / "transforms.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"transforms.json: field 'ply_file_path' names .*missing.ply"):
+        load_nerfstudio_scene(scene, with_test=False)
+    del data["ply_file_path"]
+    (scene / "transforms.json").write_text(json.dumps(data))
+    assert load_nerfstudio_scene(scene, with_test=False).points is None
+
+
+def test_scenes_without_points_have_none(tmp_path: Path) -> None:
+    for fmt in ("colmap", "nerfstudio"):
+        root = generate_posed_scenes(tmp_path / fmt, format=fmt, num_views=9, width=W, height=H, factors=[2],
+                                     num_points=0, progress=False)
+        loader = load_colmap_scene if fmt == "colmap" else load_nerfstudio_scene
+        assert loader(root, with_test=False).points is None, fmt

@@ -136,7 +136,7 @@ def test_zero_steps_and_errors(tmp_path: Path) -> None:
     assert summary["steps"] == 0 and method.draws == [] and summary["test"] == summary["test_initial"]
     with pytest.raises(RuntimeError, match="non-finite training loss at step 3"):
         SceneTrainer(_cfg(), tmp_path / "nan").fit(ToyColour(nan_at=2), _scene())
-    with pytest.raises(UserError, match="max_steps must be >= 0"):
+    with pytest.raises(UserError, match="trainer.max_steps=-1 is out of range"):
         SceneTrainer(_cfg(max_steps=-1), tmp_path / "neg").fit(ToyColour(), _scene())
     with pytest.raises(UserError, match="invalid per-scene trainer config"):
         SceneTrainer({"max_steps": "many"}, tmp_path / "bad")

@@ -176,8 +176,13 @@ def test_errors_name_the_bad_file(tmp_path: Path) -> None:
     R, t = _look_at(target + np.array([3.0, 0.0, 1.0]), target + np.array([6.0, 0.0, 1.0]))
     K = np.array([[40.0, 0.0, W / 2], [0.0, 40.0, H / 2], [0.0, 0.0, 1.0]])
     write_projection_matrix(cams / camera_filename(7), K @ np.hstack([R, t[:, None]]))
-    with pytest.raises(UserError, match="look away"):
+    with pytest.raises(UserError, match=r"cameras/pos_008.txt: camera looks away"):
         load_scene(tmp_path, entry)
+    # A matrix that is no pinhole camera (singular left block) is blamed on its own file, not the folder.
+    write_projection_matrix(cams / camera_filename(4), np.hstack([np.zeros((3, 3)), np.ones((3, 1))]))
+    with pytest.raises(UserError, match=r"cameras/pos_005.txt: projection matrix has a singular left 3x3 block"):
+        load_scene(tmp_path, entry)
+    write_projection_matrix(cams / camera_filename(4), _projection(4, target))
     write_projection_matrix(cams / camera_filename(7), _projection(7, target))
     scene = load_scene(tmp_path, entry)
     image = tmp_path / "Amp" / image_filename("Synthetic", 2)
@@ -189,3 +194,70 @@ def test_errors_name_the_bad_file(tmp_path: Path) -> None:
         load_images(scene, [2])
     with pytest.raises(UserError, match="scene directory not found"):
         load_scene(tmp_path, _entry("Other"))
+
+
+# ------------------------------------------------------------------------------------- scene names, duplicates
+SEPARATORS = "a scene name must be a plain folder name, without '/' or '\\'"
+_GOOD = {"input_views": [0, 1, 2], "test_views": [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], "dataset": "DTU"}
+
+
+@pytest.mark.parametrize(
+    ("scene", "reason"),
+    [
+        ("../x", SEPARATORS),
+        ("/abs/scene", SEPARATORS),
+        ("a/b", SEPARATORS),
+        ("a\\b", SEPARATORS),
+        ("..", "'.' and '..' are not scene names"),
+        (".", "'.' and '..' are not scene names"),
+        ("", "must be a non-empty string"),
+        ("scan\n1", "control characters"),
+    ],
+)
+def test_split_scene_names_must_be_plain(tmp_path: Path, scene: str, reason: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"scan1": _GOOD, scene: _GOOD}))
+    with pytest.raises(UserError) as info:
+        read_split(path)
+    assert str(info.value).startswith(f"{path}: scene {scene!r}: ")
+    assert str(info.value).endswith(reason) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="SplitEntry.scene"):
+        SplitEntry(scene, (0, 1, 2), tuple(range(3, 13)), "DTU")
+
+
+def test_split_duplicate_keys_are_errors(tmp_path: Path) -> None:
+    body = json.dumps(_GOOD)
+    path = tmp_path / "dup.json"
+    path.write_text(f'{{"scan1": {body}, "scan2": {body}, "scan1": {body}}}')
+    with pytest.raises(UserError) as info:
+        read_split(path)
+    assert str(info.value) == f"{path}: scene 'scan1' appears more than once (each scene name must be unique)"
+    path.write_text('{"scan1": {"input_views": [0, 1, 2], "test_views": [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], '
+                    '"dataset": "DTU", "input_views": [20, 21, 22]}}')
+    with pytest.raises(UserError) as info:
+        read_split(path)
+    assert str(info.value) == f"{path}: scene 'scan1': field 'input_views' appears more than once"
+    entry = _entry()
+    with pytest.raises(ValueError, match=r"scenes \['Amp'\] appear more than once"):
+        write_split(tmp_path / "w.json", [entry, _entry("scan1", "DTU"), entry])
+    assert not (tmp_path / "w.json").exists()
+
+
+def test_one_wrongly_sized_image_is_blamed_alone(tmp_path: Path) -> None:
+    """The scene size is the majority size: the odd image is named, the correct ones load."""
+    entry = _entry()
+    _write_scene(tmp_path, entry, np.zeros(3))
+    odd = tmp_path / "Amp" / image_filename("Synthetic", 0)  # the first image load_scene looks at
+    write_png(odd, np.zeros((H, W + 3, 3), np.float32))
+    scene = load_scene(tmp_path, entry)
+    assert (scene.cameras.width, scene.cameras.height) == (W, H)
+    assert load_images(scene, [4, 8]).shape == (2, H, W, 3)
+    with pytest.raises(UserError) as info:
+        load_images(scene, [0])
+    assert str(info.value) == f"{odd}: size {W + 3}x{H} differs from the scene's {W}x{H}"
+    # With as many images of one size as of another there is no majority: both sizes are named.
+    for v in range(1, 12):
+        (tmp_path / "Amp" / image_filename("Synthetic", v)).unlink()
+    with pytest.raises(UserError, match=rf"disagree in size and no size is the majority \(cam_001_3_0000.png "
+                                        rf"{W + 3}x{H}, cam_013_3_0000.png {W}x{H}\)"):
+        load_scene(tmp_path, entry)

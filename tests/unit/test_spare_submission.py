@@ -4,7 +4,11 @@ fault kind on its own)."""
 from __future__ import annotations
 
 import io
+import json
+import math
+import struct
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import torch
 from PIL import Image
 
 from sparse3d.cameras import Cameras
-from sparse3d.io.images import png_info, write_png
+from sparse3d.io.images import MAX_IMAGE_PIXELS, png_info, write_png
 from sparse3d.io.spare import (
     SplitEntry,
     camera_filename,
@@ -25,6 +29,7 @@ from sparse3d.io.spare import (
 )
 from sparse3d.models.baselines.reprojection import NearestViewReprojection
 from sparse3d.spare.check import KINDS, check_submission
+from sparse3d.spare.evaluation import evaluate_rendering
 from sparse3d.spare.submission import expected_names, write_submission
 from sparse3d.utils.errors import UserError
 from sparse3d.views import PosedImages
@@ -169,6 +174,12 @@ def test_resume_skips_finished_scenes_and_reloads_fitted_state(spare_root: Path,
     assert summary.skipped == ["Amp", "scan9"] and summary.rendered == [] and _Recorder.instances == []
     assert check_submission(tmp_path / "s.zip", split, width=W, height=H) == []
     assert ".method_state" not in "".join(_names(tmp_path / "s.zip"))
+    # A render damaged after it was written (header intact, data cut) makes only its scene render again.
+    damaged = work / "scan9" / "rect_001_3_r5000.png"
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    summary = write_submission(_Recorder, spare_root, split, tmp_path / "s.zip", width=W, height=H, progress=False)
+    assert summary.skipped == ["Amp"] and summary.rendered == ["scan9"]
+    assert check_submission(tmp_path / "s.zip", split, width=W, height=H) == []
 
 
 def test_writer_errors(spare_root: Path, tmp_path: Path) -> None:
@@ -177,6 +188,12 @@ def test_writer_errors(spare_root: Path, tmp_path: Path) -> None:
         write_submission(_Recorder, spare_root, split, tmp_path / "s.zip", scenes=["SCAN9"], progress=False)
     with pytest.raises(UserError, match="data root not found"):
         write_submission(_Recorder, tmp_path / "nope", split, tmp_path / "s.zip", progress=False)
+    # Scene keys are plain names: "../evil" would render outside the work directory.
+    evil = tmp_path / "evil_split.json"
+    evil.write_text(json.dumps({"../evil": ENTRIES[0].to_json()}))
+    with pytest.raises(UserError, match=r"scene '\.\./evil': a scene name must be a plain folder name"):
+        write_submission(_Recorder, spare_root, evil, tmp_path / "w" / "s.zip", progress=False)
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "w").exists()
 
     class _Bad(_Recorder):
         def render(self, cameras: Cameras) -> torch.Tensor:
@@ -343,3 +360,148 @@ def test_checker_corrupt_archives(tmp_path: Path) -> None:
     (tmp_path / "crc.zip").write_bytes(bytes(raw))
     problems = check_submission(tmp_path / "crc.zip", split, W, H)
     assert [(p.kind, p.member) for p in problems] == [("corrupt_zip", "Amp/cam_002_3_0000.png")]
+
+
+# ------------------------------------------------------------------------- damaged files: checker and eval agree
+def _chunk(ctype: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
+
+
+def _bomb(width: int, height: int) -> bytes:
+    """A valid all-black RGB PNG built by hand: tiny on disk, width * height * 3 bytes once inflated."""
+    row, deflate, parts = bytes(1 + 3 * width), zlib.compressobj(9), []
+    for start in range(0, height, 64):
+        parts.append(deflate.compress(row * min(64, height - start)))
+    parts.append(deflate.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
+
+
+def _lying_header(png: bytes, width: int, height: int) -> bytes:
+    """The same PNG with its IHDR claiming another size (CRC recomputed, so only the pixel data can tell)."""
+    ihdr = png[16:20 + 9]
+    return png[:8] + _chunk(b"IHDR", struct.pack(">II", width, height) + ihdr[8:]) + png[33:]
+
+
+def _flip_idat_byte(png: bytes) -> bytes:
+    at = png.find(b"IDAT") + 10
+    return png[:at] + bytes([png[at] ^ 0xFF]) + png[at + 1:]
+
+
+MEMBER = "Amp/cam_002_3_0000.png"
+_OK = _png()
+_IDAT = _OK.find(b"IDAT") - 4
+DAMAGED = {
+    # case: (member bytes, [(kind, message)] the checker reports for the member)
+    "truncated after the PNG header": (_OK[:33], [
+        ("corrupt_png", "truncated PNG: 33 bytes, ends at byte 33 before the IEND chunk")]),
+    "truncated inside IDAT": (_OK[:-20], [
+        ("corrupt_png", f"truncated PNG: the 'IDAT' chunk at byte {_IDAT} declares {len(_OK) - 12 - _IDAT - 12} "
+                        f"bytes, {len(_OK) - 20 - _IDAT - 12} remain")]),
+    "bad chunk CRC": (_flip_idat_byte(_OK), [
+        ("corrupt_png", f"PNG chunk 'IDAT' at byte {_IDAT} has a bad CRC (the file is corrupted)")]),
+    "header says 4000x4000": (_lying_header(_OK, 4000, 4000), [
+        ("wrong_size", f"4000x4000, expected {W}x{H}"),
+        ("corrupt_png", "PNG pixel data does not decode to the 4000x4000 its header declares (corrupt or short "
+                        "compressed data)")]),
+    "header says the right size, pixels are fewer": (_lying_header(_png(W - 8, H), W, H), [
+        ("corrupt_png", f"PNG pixel data does not decode to the {W}x{H} its header declares (corrupt or short "
+                        "compressed data)")]),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_checker_decodes_every_image(tmp_path: Path, case: str) -> None:
+    data, expected = DAMAGED[case]
+    files = _valid_files()
+    files[MEMBER] = data
+    problems = check_submission(_zip(tmp_path / "bad.zip", files), _split(tmp_path), W, H)
+    assert [(p.kind, p.member, p.message) for p in problems] == [(k, MEMBER, m) for k, m in expected]
+    assert all(kind in KINDS for kind, _ in expected)
+
+
+def test_checker_refuses_a_decompression_bomb(tmp_path: Path) -> None:
+    """Over the default pixel cap: refused from the header, before anything is inflated."""
+    side = math.isqrt(MAX_IMAGE_PIXELS) + 1
+    files = _valid_files()
+    files[MEMBER] = _bomb(side, side)
+    assert len(files[MEMBER]) < MAX_IMAGE_PIXELS // 100  # compressed: a bomb
+    problems = check_submission(_zip(tmp_path / "bomb.zip", files), _split(tmp_path), W, H)
+    assert [(p.kind, p.message) for p in problems] == [
+        ("wrong_size", f"{side}x{side}, expected {W}x{H}"),
+        ("too_large", f"PNG header declares {side}x{side} = {side * side} pixels, over the limit of "
+                      f"{MAX_IMAGE_PIXELS}; not decoded"),
+    ]
+    # A caller's smaller cap applies the same way; under it, the same (valid) bomb decodes.
+    small = {**_valid_files(), MEMBER: _bomb(300, 200)}
+    path = _zip(tmp_path / "small.zip", small)
+    assert [p.kind for p in check_submission(path, _split(tmp_path), W, H, max_pixels=59_999)] == [
+        "wrong_size", "too_large"]
+    assert [p.kind for p in check_submission(path, _split(tmp_path), W, H, max_pixels=60_000)] == ["wrong_size"]
+
+
+def test_checker_caps_and_verifies_member_sizes(tmp_path: Path) -> None:
+    files = _valid_files()
+    path = _zip(tmp_path / "ok.zip", files)
+    limit = len(_OK) - 1
+    problems = check_submission(path, _split(tmp_path), W, H, max_bytes=limit)
+    assert {(p.kind, p.message) for p in problems} == {
+        ("too_large", f"{len(_OK)} bytes uncompressed, over the limit of {limit}; not read")}
+    assert len(problems) == len(files)
+    # A central directory that lies about a member's size: zipfile reads that many bytes and the CRC fails.
+    raw = bytearray(path.read_bytes())
+    record = raw.rfind(MEMBER.encode()) - 46
+    assert raw[record : record + 4] == b"PK\x01\x02"
+    raw[record + 24 : record + 28] = struct.pack("<I", 33)
+    (tmp_path / "lying.zip").write_bytes(bytes(raw))
+    problems = check_submission(tmp_path / "lying.zip", _split(tmp_path), W, H)
+    assert [(p.kind, p.member, p.message) for p in problems] == [
+        ("corrupt_zip", MEMBER, f"cannot be read from the archive (Bad CRC-32 for file '{MEMBER}')")]
+
+
+def _crc_broken_zip(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """A stored zip whose member MEMBER has flipped bytes past its PNG header: only the zip CRC can tell."""
+    with zipfile.ZipFile(tmp_path / "stored.zip", "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        offset = archive.getinfo(MEMBER).header_offset
+    raw = bytearray((tmp_path / "stored.zip").read_bytes())
+    start = offset + 30 + len(MEMBER) + 40
+    raw[start : start + 8] = b"\xff" * 8
+    (tmp_path / "crc.zip").write_bytes(bytes(raw))
+    return tmp_path / "crc.zip"
+
+
+@pytest.mark.parametrize("case", ["zip CRC", "truncated after the PNG header", "bad chunk CRC",
+                                  "header says the right size, pixels are fewer"])
+def test_eval_and_checker_give_the_same_diagnosis(spare_root: Path, tmp_path: Path, case: str) -> None:
+    """sparse3d-eval reads predictions through the checker's functions: one line, the member, the same words."""
+    split = spare_root / "Track1_split_development.json"
+    files = {name: write_png(tmp_path / "gt.png", np.zeros((H, W, 3), np.float32)).read_bytes()
+             for name in expected_names(ENTRIES)}
+    if case == "zip CRC":
+        path = _crc_broken_zip(tmp_path, files)
+    else:
+        files[MEMBER] = DAMAGED[case][0]
+        path = _zip(tmp_path / "bad.zip", files)
+    problems = check_submission(path, split, W, H)
+    assert len(problems) == 1 and problems[0].member == MEMBER
+    with pytest.raises(UserError) as info:
+        evaluate_rendering(path, spare_root, split)
+    assert str(info.value) == f"cannot evaluate the predictions in {path}: {MEMBER}: {problems[0].message}"
+
+
+def test_eval_blames_a_wrongly_sized_ground_truth_image(spare_root: Path, tmp_path: Path) -> None:
+    """One odd ground-truth image: it is named, not the (correct) predictions nor the other images."""
+    import shutil
+
+    root = Path(shutil.copytree(spare_root, tmp_path / "data"))
+    odd = root / "scan9" / "rect_001_3_r5000.png"  # test view 0 of scan9, the first image load_scene reads
+    write_png(odd, np.zeros((H, W + 3, 3), np.float32))
+    files = {name: write_png(tmp_path / "p.png", np.zeros((H, W, 3), np.float32)).read_bytes()
+             for name in expected_names(ENTRIES)}
+    path = _zip(tmp_path / "preds.zip", files)
+    with pytest.raises(UserError) as info:
+        evaluate_rendering(path, root, root / "Track1_split_development.json")
+    assert str(info.value) == (f"{odd}: ground-truth size {W + 3}x{H} differs from the scene's {W}x{H} (the size "
+                               "of most of its images)")

@@ -5,15 +5,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import re
+import shutil
+import time
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
+from sparse3d.datasets.semantic_kitti import SemanticKittiDataset
+from sparse3d.io.pointcloud import read_kitti_bin, write_kitti_bin, write_semantic_kitti_label
 from sparse3d.train import Trainer, load_weights, save_weights
 from sparse3d.train.checkpoint import (
     find_latest_checkpoint,
@@ -23,6 +30,7 @@ from sparse3d.train.checkpoint import (
     save_checkpoint,
 )
 from sparse3d.train.data import ResumableDistributedSampler, batches_per_epoch
+from sparse3d.train.monitor import ProgressReporter
 from sparse3d.utils.device import move_to_device, resolve_device
 from sparse3d.utils.errors import UserError
 
@@ -362,3 +370,231 @@ def test_sampler_shards_like_one_big_batch() -> None:
     assert batches_per_epoch(10, 4, 1, drop_last=True) == 2
     assert batches_per_epoch(10, 2, 3, drop_last=False) == 2
     assert math.isclose(batches_per_epoch(9, 3, 3, drop_last=True), 1)
+
+
+# ------------------------------------------------------------------------------ resume=true run selection
+
+
+def _hydra_run(run_dir: Path, started: float) -> Path:
+    """A run directory as Hydra leaves it before training (``.hydra/config.yaml``), started at ``started``."""
+    config = run_dir / ".hydra" / "config.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("task_name: train\n")
+    os.utime(config, (started, started))
+    return run_dir
+
+
+def test_resume_true_says_when_the_newest_run_has_no_checkpoint(
+    toy: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = tmp_path / "outputs" / "train" / "toy"
+    _fit(toy, runs / "run_a", max_steps=2, val=False)
+    with_ckpt = runs / "run_a" / "checkpoints" / "last.ckpt"
+    now = time.time()
+    os.utime(with_ckpt, (now - 100, now - 100))
+    _hydra_run(runs / "killed_early", now - 50)  # newer, but stopped before its first checkpoint
+    _hydra_run(runs / "old_failed", now - 500)  # older than run_a: not worth a mention
+    with caplog.at_level(logging.WARNING, logger="sparse3d.train"):
+        assert resolve_resume(True, runs, runs / "current") == with_ckpt
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert str(runs / "killed_early") in warnings[0] and str(runs / "run_a") in warnings[0]
+    assert "old_failed" not in warnings[0]
+    caplog.clear()
+    # the checkpoint-less run is the current one: nothing to say
+    with caplog.at_level(logging.WARNING, logger="sparse3d.train"):
+        assert resolve_resume(True, runs, runs / "killed_early") == with_ckpt
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_resume_true_stops_when_no_earlier_run_has_a_checkpoint(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _hydra_run(runs / "first", time.time() - 10)
+    with pytest.raises(UserError, match=r"no earlier run with checkpoints/last.ckpt .*the newest, .*first, stopped "
+                                        r"before its first checkpoint"):
+        resolve_resume(True, runs, runs / "current")
+
+
+# --------------------------------------------------------------------------------------- speed reporting
+
+
+def test_steady_rate_leaves_out_the_first_step() -> None:
+    now = [100.0]
+    reporter = ProgressReporter(10, 0, enabled=False, show_bar=False, first_step_notice_s=None, clock=lambda: now[0])
+    assert reporter.steady_rate() is None and reporter.first_step_s() is None
+    now[0] = 130.0  # the first step takes 30 s (kernel compilation)
+    reporter.update(1, 1.0)
+    assert reporter.steady_rate() is None and reporter.first_step_s() == 30.0
+    for step in range(2, 6):  # then 0.5 s per step
+        now[0] += 0.5
+        reporter.update(step, 1.0)
+    now[0] += 60.0  # final validation and checkpoint: not training speed
+    assert reporter.steady_rate() == 2.0
+
+
+def test_summary_speed_excludes_the_first_step(toy: ModuleType, tmp_path: Path) -> None:
+    class SlowFirstStep(toy.LinearRegressor):  # type: ignore[misc, name-defined]
+        def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            if self.calls == 0:
+                time.sleep(0.6)  # stands in for the first run's kernel compilation
+            return super().training_step(batch)
+
+    _, metrics, _ = _fit(toy, tmp_path / "run", model=SlowFirstStep(), max_steps=6, val=False)
+    assert metrics["time/first_step_s"] >= 0.6
+    # counting the first step, 6 steps could not take less than 0.6 s, i.e. at most 10 steps/s
+    assert metrics["time/steps_per_s"] > 20
+    assert metrics["time/train_s"] >= 0.6  # the wall time still includes it
+    _, one_step, _ = _fit(toy, tmp_path / "one", max_steps=1, val=False)
+    assert "time/steps_per_s" not in one_step  # no step after the first: no speed to report
+
+
+# ---------------------------------------------------------------------------------- per-epoch data seeds
+
+
+def test_datasets_get_set_epoch_before_each_epoch_also_after_resume(toy: ModuleType, tmp_path: Path) -> None:
+    class EpochAware(toy.RegressionDataset):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__(num_samples=12, seed=0)
+            self.epochs: list[int] = []
+            self.epoch = -1
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+            self.epoch = epoch
+
+        def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+            item = super().__getitem__(index)
+            return {"x": item["x"] + self.epoch, "y": item["y"]}  # epoch-dependent "augmentation"
+
+    def run(out: Path, max_steps: int, resume: object = False) -> tuple[Trainer, EpochAware]:
+        torch.manual_seed(123)
+        dataset = EpochAware()
+        trainer = Trainer(_trainer_cfg(max_steps=max_steps), out)
+        trainer.fit(toy.LinearRegressor(), dataset, optimizer=partial(torch.optim.SGD, lr=0.01), batch_size=4,
+                    resume=resume)
+        return trainer, dataset
+
+    full, full_data = run(tmp_path / "full", 8)
+    assert full_data.epochs == [0, 1, 2]  # 3 steps per epoch
+    first, _ = run(tmp_path / "first", 4)
+    second, second_data = run(tmp_path / "second", 8, resume=tmp_path / "first")
+    assert second_data.epochs == [1, 2]  # resumed inside epoch 1
+    assert _losses(first) + _losses(second) == _losses(full)
+
+
+# ------------------------------------------------------------------ SemanticKITTI: epoch seeds and checks
+
+
+@pytest.fixture(scope="module")
+def lidar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sparse3d.datasets.synth.lidar import generate_lidar_scenes
+
+    root = tmp_path_factory.mktemp("lidar") / "synthetic_lidar"
+    return generate_lidar_scenes(root, num_scenes=4, val_scenes=1, num_beams=8, points_per_beam=256, progress=False)
+
+
+def _kitti(root: Path, **kwargs: object) -> SemanticKittiDataset:
+    options: dict[str, object] = {"split": "train", "point_range": [-40, -40, -3, 40, 40, 5], "augment": True,
+                                  "seed": 5}
+    options.update(kwargs)
+    return SemanticKittiDataset(root, **options)  # type: ignore[arg-type]
+
+
+def _same_item(a: dict, b: dict) -> bool:
+    return torch.equal(a["points"], b["points"]) and torch.equal(a["labels"], b["labels"])
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(lidar_root: Path) -> None:
+    first, second = _kitti(lidar_root), _kitti(lidar_root)
+    first.set_epoch(3)
+    second.set_epoch(3)
+    reference = first[1]
+    for index in (0, 2, 1, 1):  # reading other items (or the same one again) must not shift the draws
+        second[index]
+    assert _same_item(second[1], reference)
+    second.set_epoch(4)
+    assert not _same_item(second[1], reference)  # a new epoch, new augmentation
+    assert not _same_item(_epoch(_kitti(lidar_root, seed=6), 3)[1], reference)  # another seed, another stream
+    plain = _kitti(lidar_root, augment=False)
+    before = plain[1]
+    plain.set_epoch(9)
+    assert _same_item(plain[1], before)  # without augmentation the epoch does not matter
+
+
+def _epoch(dataset: SemanticKittiDataset, epoch: int) -> SemanticKittiDataset:
+    dataset.set_epoch(epoch)
+    return dataset
+
+
+def test_dataloader_workers_reproduce_in_process_items(lidar_root: Path) -> None:
+    """Items read by 2 worker processes equal the in-process reads of the same (seed, epoch, index)."""
+    dataset = _epoch(_kitti(lidar_root), 2)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, shuffle=False)
+    through_workers = list(loader)
+    assert len(through_workers) == len(dataset)
+    for index, item in enumerate(through_workers):
+        assert _same_item(item, dataset[index])
+
+
+def _copy_tree(root: Path, dest: Path) -> Path:
+    shutil.copytree(root, dest)
+    return dest
+
+
+def test_scan_with_nan_reflectance_is_named_when_the_dataset_is_built(lidar_root: Path, tmp_path: Path) -> None:
+    root = _copy_tree(lidar_root, tmp_path / "copy")
+    scan = sorted((root / "sequences" / "00" / "velodyne").glob("*.bin"))[1]
+    points = read_kitti_bin(scan)
+    points[[3, 7], 3] = np.nan
+    points[11, :3] = np.nan  # a missing return (NaN coordinates) is dropped as documented, not an error
+    write_kitti_bin(scan, points)
+    finite = int(np.isfinite(points[:, :3]).all(axis=1).sum())
+    with pytest.raises(UserError, match=rf"^{re.escape(str(scan))}: 2 of {finite} points .* NaN or "
+                                        r"infinite reflectance"):
+        _kitti(root)
+    lazy = _kitti(root, check=False)  # the check then happens when the scan is read
+    lazy[0]
+    with pytest.raises(UserError, match="reflectance"):
+        lazy[1]
+    points[[3, 7], 3] = 0.5
+    write_kitti_bin(scan, points)
+    kept = _kitti(root, augment=False, point_range=None)[1]["points"]
+    assert kept.shape[0] == int(np.isfinite(points[:, :3]).all(axis=1).sum()) < points.shape[0]
+
+
+def test_scan_without_points_in_range_is_named(lidar_root: Path) -> None:
+    far = [1000, 1000, 1000, 1001, 1001, 1001]
+    first_scan = sorted((lidar_root / "sequences" / "00" / "velodyne").glob("*.bin"))[0]
+    with pytest.raises(UserError, match=rf"^{re.escape(str(first_scan))}: no point inside point_range \[1000, 1000, "
+                                        r"1000, 1001, 1001, 1001\] \(\d+ points, x in"):
+        _kitti(lidar_root, point_range=far)
+
+
+def test_scan_whose_labels_are_all_ignored_is_named(lidar_root: Path, tmp_path: Path) -> None:
+    root = _copy_tree(lidar_root, tmp_path / "copy")
+    label = sorted((root / "sequences" / "00" / "labels").glob("*.label"))[2]
+    count = label.stat().st_size // 4
+    write_semantic_kitti_label(label, np.zeros(count, dtype=np.int64))  # raw id 0: unlabelled -> ignore
+    with pytest.raises(UserError, match=rf"^{re.escape(str(label))}: all \d+ points inside point_range have "
+                                        r"training id 0 \(ignore\)"):
+        _kitti(root)
+    _kitti(root, split="valid")  # other sequences are untouched
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(
+    toy: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fit(toy, tmp_path / "done", max_steps=3, val=False)
+    with caplog.at_level(logging.WARNING, logger="sparse3d.train"):
+        again, metrics, _ = _fit(toy, tmp_path / "again", max_steps=3, val=False, resume=tmp_path / "done")
+    assert not again.history and metrics["step"] == 3
+    assert any("at step 3 and the run plans 3 steps: nothing left to train" in r.getMessage() for r in caplog.records)
+
+
+def test_summary_line_reports_speed_after_the_first_step(capsys: pytest.CaptureFixture[str]) -> None:
+    from sparse3d.train.runs import print_summary
+
+    print_summary("sparse3d-train", {"experiment": "x", "steps": 5, "wall_time_s": 9.0, "device": "cpu",
+                                     "final_train_loss": 0.5, "steps_per_s": 35.25, "first_step_s": 61.5,
+                                     "output_dir": "/o"})
+    assert "35.2 steps/s after the first step, which took 61.5 s" in capsys.readouterr().out

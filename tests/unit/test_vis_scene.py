@@ -1,5 +1,5 @@
 """Scene building for sparse3d-vis without a renderer: box geometry, in-box masks, mesh edges, frusta, colours,
-view cameras, type detection and the file readers behind ``build_scene``."""
+view cameras, type detection and the file readers behind ``build_scene`` (KITTI frames, detection results)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sparse3d.cameras import Cameras, look_at
+from sparse3d.geometry.boxes import BOX_EDGES, box_corners, points_in_boxes
 from sparse3d.io.gaussian_ply import GaussianCloud, save_gaussian_ply
 from sparse3d.io.pointcloud import write_kitti_bin, write_ply_points, write_semantic_kitti_label
 from sparse3d.models.splatting.gaussians import SH_C0
@@ -20,19 +21,16 @@ from sparse3d.utils.errors import UserError
 from sparse3d.views import PosedImages
 from sparse3d.vis import builders as B
 from sparse3d.vis import colors as C
-from sparse3d.vis.box_json import parse_box_json, read_box_json, write_box_json
 from sparse3d.vis.camera import orbit_cameras, view_camera
 from sparse3d.vis.detect import detect_type, resolve_frame_files
+from sparse3d.vis.detections import BoxSet, parse_detections_json, read_detections_json
 from sparse3d.vis.geometry import (
-    BOX_EDGES,
     boundary_edges,
-    box_corners,
     cube_mesh,
     ellipsoid_mesh,
     frustum_corners,
     heading_segments,
     mesh_edges,
-    points_in_boxes,
     uv_sphere,
     vertex_normals,
 )
@@ -45,13 +43,14 @@ from sparse3d.vis.sources import VisOptions, build_scene, load_mesh, load_points
 
 def test_box_corners_of_a_known_box() -> None:
     # Centre (1, 2, 3), length 4 along the heading, width 2, height 1, heading 90 degrees: the length runs along +y.
-    corners = box_corners(np.array([1.0, 2.0, 3.0, 4.0, 2.0, 1.0, math.pi / 2]))[0]
+    corners = box_corners(np.array([[1.0, 2.0, 3.0, 4.0, 2.0, 1.0, math.pi / 2]]))[0]
     expected = np.array([
         [0, 4, 2.5], [2, 4, 2.5], [2, 0, 2.5], [0, 0, 2.5],  # bottom: front-left, front-right, back-right, back-left
         [0, 4, 3.5], [2, 4, 3.5], [2, 0, 3.5], [0, 0, 3.5],
     ], dtype=float)
     np.testing.assert_allclose(corners, expected, atol=1e-12)
-    lengths = np.linalg.norm(corners[BOX_EDGES[:, 0]] - corners[BOX_EDGES[:, 1]], axis=1)
+    edges = np.array(BOX_EDGES)
+    lengths = np.linalg.norm(corners[edges[:, 0]] - corners[edges[:, 1]], axis=1)
     assert sorted(np.round(lengths, 9).tolist()) == [1.0] * 4 + [2.0] * 4 + [4.0] * 4
 
 
@@ -81,7 +80,7 @@ def test_points_in_rotated_box_on_constructed_points() -> None:
         world(2.1, 0, 0), world(0, 1.1, 0), world(0, 0, -1.1),  # just outside along each axis
         [10.0 + 1.9, 1.9, 1.0],  # inside the rotated box's axis-aligned bounds, outside the box
     ])
-    mask = points_in_boxes(pts, box)
+    mask = points_in_boxes(pts, box[None]).T
     assert mask.shape == (8, 1)
     assert mask[:, 0].tolist() == [True, True, True, True, False, False, False, False]
 
@@ -90,7 +89,7 @@ def test_points_in_boxes_matches_a_half_space_oracle() -> None:
     rng = np.random.default_rng(3)
     boxes = np.concatenate([rng.uniform(-5, 5, (6, 3)), rng.uniform(0.5, 3, (6, 3)), rng.uniform(-4, 4, (6, 1))], axis=1)
     pts = rng.uniform(-7, 7, (4000, 3))
-    mask = points_in_boxes(pts, boxes)
+    mask = points_in_boxes(pts, boxes).T
     for j, corners in enumerate(box_corners(boxes)):
         # Inside = on the inner side of the six face planes spanned by the (separately tested) corners.
         faces = [(0, 1, 2), (4, 7, 6), (0, 4, 5), (2, 6, 7), (1, 5, 6), (0, 3, 7)]
@@ -111,30 +110,45 @@ def test_highlight_recolours_only_points_inside() -> None:
     assert np.allclose(pts.colors, 0.2)  # the input is not modified
 
 
+def _detections(entries: dict[str, list[tuple[list[float], float]]]) -> dict:
+    """``detections.json`` content as sparse3d-detect writes it (FrameDetections.to_json)."""
+    from sparse3d.detect import FrameDetections
+
+    return {fid: FrameDetections(fid, np.array([b for b, _ in rows], np.float32).reshape(-1, 7),
+                                 np.array([sc for _, sc in rows], np.float32), ["Car"] * len(rows)).to_json()
+            for fid, rows in entries.items()}
+
+
 def test_box_drawables_split_ground_truth_and_predictions(tmp_path: Path) -> None:
-    path = tmp_path / "f.json"
-    path.write_text(json.dumps([{"box": [0, 0, 0, 1, 1, 1, 0], "name": "Car"},
-                                {"box": [3, 0, 0, 1, 1, 1, 0], "name": "Car", "score": 0.7, "id": 4}]))
-    boxes = read_box_json(path)
-    assert boxes.names == ("Car", "Car") and boxes.is_prediction.tolist() == [False, True]
-    gt, pred = B.box_drawables(boxes)
-    assert np.allclose(gt.colors, C.GT_BOX_COLOR) and np.allclose(pred.colors, C.PRED_BOX_COLOR)
-    assert np.allclose(pred.vertices[8], [3, 0, 0])  # box centre vertex of the predicted box
-    round_trip = read_box_json(write_box_json(tmp_path / "w.json", boxes.boxes, boxes.names, boxes.scores))
-    assert np.array_equal(round_trip.boxes, boxes.boxes) and round_trip.names == boxes.names
+    path = tmp_path / "detections.json"
+    path.write_text(json.dumps(_detections({"000003": [([3, 0, 0, 1, 1, 1, 0], 0.75)],
+                                            "000004": [([5, 0, 0, 1, 1, 1, 0], 0.5), ([6, 0, 0, 1, 1, 1, 0], 0.25)]})))
+    pred = read_detections_json(path, "3")  # by number
+    assert pred.names == ("Car",) and pred.is_prediction.tolist() == [True] and pred.scores.tolist() == [0.75]
+    assert len(read_detections_json(path, "000004").above(0.3)) == 1
+    gt = BoxSet(np.zeros((1, 7)) + [0, 0, 0, 1, 1, 1, 0], ("Car",), np.array([np.nan]))
+    gt_lines, pred_lines = B.box_drawables(BoxSet.concatenate([gt, pred]))
+    assert np.allclose(gt_lines.colors, C.GT_BOX_COLOR) and np.allclose(pred_lines.colors, C.PRED_BOX_COLOR)
+    assert np.allclose(pred_lines.vertices[8], [3, 0, 0])  # box centre vertex of the predicted box
+    assert BoxSet.concatenate([gt, pred]).above(0.9).is_prediction.tolist() == [False]  # GT kept, low score not
+    with pytest.raises(UserError, match="holds 2 frames"):
+        read_detections_json(path)
+    with pytest.raises(UserError, match="no frame '7'"):
+        read_detections_json(path, "7")
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"box": []}, "JSON list"),
-    ([{"box": [0, 0, 0, 1, 1, 1], "name": "Car"}], "entry 0: 'box' must be 7"),
-    ([{"box": [0, 0, 0, 1, -1, 1, 0], "name": "Car"}], "sizes"),
-    ([{"box": [0, 0, 0, 1, 1, 1, 0]}], "'name'"),
-    ([{"box": [0, 0, 0, 1, 1, 1, 0], "name": "Car", "score": "high"}], "'score'"),
-    ([{"box": [0, 0, 0, 1, 1, 1, float("nan")], "name": "Car"}], "finite"),
+    ([{"box_lidar": []}], "JSON object"),
+    ({"0": [{"box_lidar": [0, 0, 0, 1, 1, 1], "name": "Car", "score": 1}]}, "frame 0 entry 0: 'box_lidar' must be 7"),
+    ({"0": [{"box_lidar": [0, 0, 0, 1, -1, 1, 0], "name": "Car", "score": 1}]}, "sizes"),
+    ({"0": [{"box_lidar": [0, 0, 0, 1, 1, 1, 0], "score": 1}]}, "'name'"),
+    ({"0": [{"box_lidar": [0, 0, 0, 1, 1, 1, 0], "name": "Car", "score": "high"}]}, "'score'"),
+    ({"0": [{"box_lidar": [0, 0, 0, 1, 1, 1, 0], "name": "Car"}]}, "'score'"),
+    ({"0": [{"box_lidar": [0, 0, 0, 1, 1, 1, float("nan")], "name": "Car", "score": 1}]}, "finite"),
 ])
-def test_box_json_errors_name_entry_and_field(data: object, message: str) -> None:
-    with pytest.raises(UserError, match="frame.json") as err:
-        parse_box_json(data, "frame.json")
+def test_detections_json_errors_name_frame_entry_and_field(data: object, message: str) -> None:
+    with pytest.raises(UserError, match="detections.json") as err:
+        parse_detections_json(data, "detections.json", "0")
     assert message in str(err.value)
 
 
@@ -357,11 +371,12 @@ def test_type_detection_from_content(tmp_path: Path) -> None:
     box = trimesh.creation.box()
     for ext in ("ply", "obj", "glb", "off", "stl"):
         box.export(tmp_path / f"box.{ext}")
-    write_box_json(tmp_path / "boxes.json", np.zeros((1, 7)), ["Car"])
+    (tmp_path / "detections.json").write_text(json.dumps(_detections({"a": [([0, 0, 0, 1, 1, 1, 0], 0.5)]})))
+    (tmp_path / "result.txt").write_text("Car 0 0 0 1 2 3 4 1.5 1.6 3.9 1 2 10 0.1 0.9\n")
     (tmp_path / "mesh_without_extension").write_bytes((tmp_path / "box.obj").read_bytes())
     expected = {"a.bin": "points", "a.npy": "points", "cloud.ply": "points", "splat.ply": "gaussians",
                 "box.ply": "mesh", "box.obj": "mesh", "box.glb": "mesh", "box.off": "mesh", "box.stl": "mesh",
-                "boxes.json": "boxes", "mesh_without_extension": "mesh"}
+                "detections.json": "detections", "result.txt": "detections", "mesh_without_extension": "mesh"}
     for name, kind in expected.items():
         assert detect_type(tmp_path / name) == kind, name
     (tmp_path / "renamed.dat").write_bytes((tmp_path / "splat.ply").read_bytes())
@@ -369,7 +384,10 @@ def test_type_detection_from_content(tmp_path: Path) -> None:
     (tmp_path / "bad.bin").write_bytes(b"\0" * 17)
     (tmp_path / "noise.xyz").write_bytes(b"\x01\x02 not a format")
     (tmp_path / "transforms.json").write_text(json.dumps({"frames": []}))
-    for name, message in (("bad.bin", "16 bytes"), ("noise.xyz", "unrecognised"), ("transforms.json", "not supported")):
+    (tmp_path / "old_boxes.json").write_text(json.dumps([{"box": [0, 0, 0, 1, 1, 1, 0], "name": "Car"}]))
+    (tmp_path / "calib.txt").write_text("P0: " + " ".join(["1"] * 12) + "\n")
+    for name, message in (("bad.bin", "16 bytes"), ("noise.xyz", "unrecognised"), ("transforms.json", "not supported"),
+                          ("old_boxes.json", "not a detections file"), ("calib.txt", "unrecognised")):
         with pytest.raises(UserError, match=message):
             detect_type(tmp_path / name)
 
@@ -377,8 +395,8 @@ def test_type_detection_from_content(tmp_path: Path) -> None:
 def test_frame_folders_resolve_by_id(tmp_path: Path) -> None:
     for i in (11, 12):
         write_kitti_bin(tmp_path / f"{i:06d}.bin", np.zeros((2, 4), np.float32))
-    write_box_json(tmp_path / "000012.json", np.zeros((1, 7)), ["Car"])
-    assert [p.name for p in resolve_frame_files(tmp_path, "12")] == ["000012.bin", "000012.json"]
+    np.save(tmp_path / "000012.npy", np.zeros((2, 3), np.float32))
+    assert [p.name for p in resolve_frame_files(tmp_path, "12")] == ["000012.bin", "000012.npy"]
     with pytest.raises(UserError, match="holds 2 frames .*--frame"):
         resolve_frame_files(tmp_path, None)
     with pytest.raises(UserError, match="--frame: no frame '7'"):
@@ -429,21 +447,26 @@ def test_mesh_readers_agree(tmp_path: Path, backend: str) -> None:
         load_mesh(tmp_path / "points.ply", backend=backend)
 
 
-def test_build_scene_for_lidar_frame_with_boxes(tmp_path: Path) -> None:
-    pts = np.array([[0, 0, 0, 0.1], [10, 0, 0, 0.9], [20, 0, 0, 0.5]], np.float32)
-    write_kitti_bin(tmp_path / "000003.bin", pts)
-    write_box_json(tmp_path / "000003.json", np.array([[10.0, 0, 0, 2, 2, 2, 0], [20, 0, 0, 2, 2, 2, 0]]),
-                   ["Car", "Car"], None)
-    write_box_json(tmp_path / "det.json", np.array([[20.0, 0, 0, 2, 2, 2, 0]]), ["Car"], np.array([0.8]))
-    scene = build_scene([tmp_path, tmp_path / "det.json"], VisOptions(frame="3", color="intensity"))
+def test_build_scene_for_lidar_frame_with_detections(tmp_path: Path) -> None:
+    pts = np.array([[0, 0, 0, 0.1], [10, 0, 0, 0.9], [20, 0, 0, 0.5], [30, 0, 0, 0.5]], np.float32)
+    write_kitti_bin(tmp_path / "frames" / "000003.bin", pts)
+    write_kitti_bin(tmp_path / "frames" / "000004.bin", pts)
+    det = tmp_path / "out" / "detections.json"
+    det.parent.mkdir()
+    det.write_text(json.dumps(_detections({"000003": [([20.0, 0, 0, 2, 2, 2, 0], 0.8), ([30.0, 0, 0, 2, 2, 2, 0], 0.2)],
+                                           "000004": [([10.0, 0, 0, 2, 2, 2, 0], 0.8)]})))
+    scene = build_scene([tmp_path / "frames", det.parent], VisOptions(frame="3", color="intensity",
+                                                                       score_threshold=0.5))
     (points,) = scene.of_type(Points)
-    assert np.allclose(points.colors[1], C.GT_BOX_COLOR) and np.allclose(points.colors[2], C.PRED_BOX_COLOR)
-    assert not np.allclose(points.colors[0], C.GT_BOX_COLOR)
-    lines = scene.of_type(Lines)
-    assert [len(x.segments) for x in lines] == [26, 13]
+    assert np.allclose(points.colors[2], C.PRED_BOX_COLOR)
+    assert not np.allclose(points.colors[[0, 1, 3]], C.PRED_BOX_COLOR)  # frame 4's box and the low score are not used
+    assert [len(x.segments) for x in scene.of_type(Lines)] == [13]
     assert len(scene.of_type(CoordinateFrame)) == 1 and np.allclose(scene.up, [0, 0, 1])
+    # without --frame, the detections follow the scan's stem
+    scene = build_scene([tmp_path / "frames" / "000004.bin", det])
+    assert np.allclose(scene.of_type(Points)[0].colors[1], C.PRED_BOX_COLOR)
     with pytest.raises(UserError, match="--frame: '9' selects nothing"):
-        build_scene([tmp_path / "det.json"], VisOptions(frame="9"))
+        build_scene([tmp_path / "frames" / "000004.bin"], VisOptions(frame="9"))
 
 
 def test_build_scene_for_runs(tmp_path: Path) -> None:
@@ -467,3 +490,91 @@ def test_no_display_means_no_window() -> None:
     assert not display_available({})
     assert not display_available({"DISPLAY": ":4242"})  # no X server there
     assert not display_available({"WAYLAND_DISPLAY": "wayland-42", "XDG_RUNTIME_DIR": "/nonexistent"})
+
+
+# ------------------------------------------------------------------------------------------------- KITTI
+
+
+@pytest.fixture(scope="module")
+def kitti_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sparse3d.datasets.synth.kitti import generate_kitti_frames
+
+    return generate_kitti_frames(tmp_path_factory.mktemp("kitti"), num_frames=2, num_azimuth=300, progress=False)
+
+
+def _label_rows(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_kitti_frame_forms_give_the_label_boxes(kitti_root: Path) -> None:
+    training = kitti_root / "training"
+    rows = _label_rows(training / "label_2" / "000001.txt")
+    cared = [r for r in rows if r[0] != "DontCare"]
+    assert len(cared) < len(rows)  # the generator writes DontCare rows, which are not drawn
+    scenes = [build_scene([kitti_root], VisOptions(frame="1")), build_scene([training], VisOptions(frame="000001")),
+              build_scene([training / "velodyne" / "000001.bin"])]
+    for scene in scenes:
+        (gt,) = scene.of_type(Lines)
+        assert np.allclose(gt.colors, C.GT_BOX_COLOR) and len(gt.segments) == 13 * len(cared)
+        # the box lengths (dx) and heights (dz) are the label's l and h columns (independent text parse)
+        corners = gt.vertices.reshape(len(cared), 10, 3)[:, :8]
+        lengths = np.linalg.norm(corners[:, 0] - corners[:, 3], axis=1)
+        heights = corners[:, 4, 2] - corners[:, 0, 2]
+        np.testing.assert_allclose(lengths, [float(r[10]) for r in cared], atol=1e-4)
+        np.testing.assert_allclose(heights, [float(r[8]) for r in cared], atol=1e-4)
+        (points,) = scene.of_type(Points)
+        scan = np.fromfile(training / "velodyne" / "000001.bin", np.float32).reshape(-1, 4)
+        assert len(points.positions) == len(scan)
+        assert np.all(points.colors == np.float32(C.GT_BOX_COLOR), axis=1).sum() > 0  # in-box points highlighted
+    with pytest.raises(UserError, match="holds 2 frames"):
+        build_scene([kitti_root])
+
+
+def test_kitti_detection_results_in_both_formats_match(kitti_root: Path, tmp_path: Path) -> None:
+    from sparse3d.datasets.kitti import detections_to_objects, load_frame
+    from sparse3d.io.kitti import write_label
+
+    frame = load_frame(kitti_root, "000000")
+    pred = frame.boxes[:3].astype(np.float64) + [0.5, -0.3, 0.0, 0.2, 0.1, 0.0, 0.2]
+    scores = np.array([0.9, 0.6, 0.1], np.float32)
+    (tmp_path / "label_2").mkdir()
+    write_label(tmp_path / "label_2" / "000000.txt",
+                detections_to_objects(pred, scores, ["Car"] * 3, frame.calib, frame.image_shape))
+    from_rows = build_scene([kitti_root, tmp_path / "label_2"], VisOptions(frame="0", score_threshold=0.5))
+    assert detect_type(tmp_path / "label_2" / "000000.txt") == "detections"
+    (tmp_path / "detections.json").write_text(json.dumps(_detections(
+        {"000000": [(b.tolist(), float(s)) for b, s in zip(pred, scores)]})))
+    from_json = build_scene([kitti_root / "training" / "velodyne" / "000000.bin", tmp_path],
+                            VisOptions(score_threshold=0.5))
+    for scene in (from_rows, from_json):
+        gt, pr = scene.of_type(Lines)
+        assert np.allclose(pr.colors, C.PRED_BOX_COLOR) and len(pr.segments) == 2 * 13  # score 0.1 dropped
+        centres = pr.vertices.reshape(2, 10, 3)[:, 8]
+        np.testing.assert_allclose(centres, pred[:2, :3], atol=2e-3)  # camera-frame rows convert back to LiDAR
+    with pytest.raises(UserError, match="calib"):
+        build_scene([tmp_path / "label_2" / "000000.txt"])
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("frame", "--frame: no frame '42'"),
+    ("calib", "calib/000000.txt"),
+    ("label", "label_2/000000.txt:1"),
+    ("json", "detections.json: invalid JSON"),
+])
+def test_kitti_malformed_inputs_name_the_file(kitti_root: Path, tmp_path: Path, case: str, fragment: str) -> None:
+    import shutil
+
+    root = tmp_path / "kitti"
+    shutil.copytree(kitti_root, root)
+    paths = [root]
+    options = VisOptions(frame="42" if case == "frame" else "0")
+    if case == "calib":
+        (root / "training" / "calib" / "000000.txt").unlink()
+    elif case == "label":
+        (root / "training" / "label_2" / "000000.txt").write_text("Car 0 0 nope\n")
+    elif case == "json":
+        (tmp_path / "detections.json").write_text("{")
+        paths.append(tmp_path / "detections.json")
+    with pytest.raises(UserError) as err:
+        build_scene(paths, options)
+    assert fragment in str(err.value) and "\n" not in str(err.value)

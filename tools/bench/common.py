@@ -472,3 +472,21 @@ def markdown_table(records: Sequence[Mapping[str, Any]], caption: str | None = N
         ]
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     return "\n".join(lines)
+
+
+def override_sizes(base: Mapping[str, tuple[int, ...]], sizes: Mapping[str, Any] | None,
+                   families: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """``base`` sizes per row family with ``sizes`` (a ``--sizes``/config mapping) replacing whole families."""
+    out = dict(base)
+    if sizes is None:
+        return out
+    if not isinstance(sizes, Mapping):
+        raise ValueError(f"sizes must map a family ({', '.join(families)}) to a list of sizes, got {sizes!r}")
+    for family, vals in sizes.items():
+        if family not in families:
+            raise ValueError(f"unknown size family {family!r}; families: {', '.join(families)}")
+        seq = [vals] if isinstance(vals, int) else list(vals)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in seq):
+            raise ValueError(f"sizes.{family} must be positive ints, got {vals!r}")
+        out[family] = tuple(seq)
+    return out

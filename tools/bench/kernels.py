@@ -43,7 +43,15 @@ from typing import Any
 
 import torch
 
-from sparse3d.bench.common import MATMUL_SIZE, BenchRecord, Measurement, matmul_gflops, measure, prepare_run
+from sparse3d.bench.common import (
+    MATMUL_SIZE,
+    BenchRecord,
+    Measurement,
+    matmul_gflops,
+    measure,
+    override_sizes,
+    prepare_run,
+)
 
 log = logging.getLogger("sparse3d.bench.kernels")
 
@@ -896,19 +904,8 @@ def cuda_compile_records(archs: Sequence[int] = CUDA_ARCHS) -> list[BenchRecord]
 # ------------------------------------------------------------------------------------------------ suite
 def resolve_sizes(sizes: Mapping[str, Any] | None, quick: bool) -> dict[str, tuple[int, ...]]:
     """Sizes per family: defaults (÷10 when ``quick``) overridden by ``sizes`` (used as given)."""
-    out = {k: tuple(max(1, v // QUICK_DIVISOR) if quick else v for v in vals) for k, vals in DEFAULT_SIZES.items()}
-    if sizes is None:
-        return out
-    if not isinstance(sizes, Mapping):
-        raise ValueError(f"sizes must map a family ({', '.join(FAMILIES)}) to a list of sizes, got {sizes!r}")
-    for family, vals in sizes.items():
-        if family not in FAMILIES:
-            raise ValueError(f"unknown size family {family!r}; families: {', '.join(FAMILIES)}")
-        seq = [vals] if isinstance(vals, int) else list(vals)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in seq):
-            raise ValueError(f"sizes.{family} must be positive ints, got {vals!r}")
-        out[family] = tuple(seq)
-    return out
+    base = {k: tuple(max(1, v // QUICK_DIVISOR) if quick else v for v in vals) for k, vals in DEFAULT_SIZES.items()}
+    return override_sizes(base, sizes, FAMILIES)
 
 
 def run_kernels_suite(

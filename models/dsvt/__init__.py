@@ -1,0 +1,1 @@
+"""DSVT (Dynamic Sparse Voxel Transformer with rotated sets): the dynamic VFE, the input layer and the backbone."""
