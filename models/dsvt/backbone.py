@@ -44,12 +44,36 @@ class SetAttention(nn.Module):
 
         Every voxel appears in exactly one set (repeated slots are copies of their left neighbour and give the
         same output), so writing the set outputs back by index covers each voxel.
+
+        The linear maps of ``self_attn`` (an ``nn.MultiheadAttention``, kept for its parameter names) are applied
+        per voxel, before gathering into sets and after writing back, instead of per set slot: the same result
+        with 1.3-2x fewer rows, as the slots repeat voxels.
         """
-        x = src[inds]
-        q = x + (pos.at(inds) if isinstance(pos, PositionEmbedding) else pos[inds])
-        attended = self.self_attn(q, q, x, key_padding_mask=pad, need_weights=False)[0]
+        attn = self.self_attn
+        n, c = src.shape
+        heads = attn.num_heads
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+        if isinstance(pos, PositionEmbedding):  # project the U distinct positions, then gather per voxel
+            pos_q, pos_k = (nn.functional.linear(pos.table, w) for w in (w_q, w_k))
+            pos_q, pos_k = pos_q[pos.row], pos_k[pos.row]
+        else:
+            pos_q, pos_k = nn.functional.linear(pos, w_q), nn.functional.linear(pos, w_k)
+        q = nn.functional.linear(src, w_q, b_q) + pos_q
+        k = nn.functional.linear(src, w_k, b_k) + pos_k
+        v = nn.functional.linear(src, w_v, b_v)
+        s, tau = inds.shape
+
+        def sets(t: torch.Tensor) -> torch.Tensor:  # (N, C) -> (S, heads, τ, C / heads)
+            return t[inds].reshape(s, tau, heads, c // heads).transpose(1, 2)
+
+        attended = nn.functional.scaled_dot_product_attention(
+            sets(q), sets(k), sets(v), attn_mask=~pad[:, None, None, :],
+            dropout_p=attn.dropout if self.training else 0.0,
+        )
         back = torch.empty_like(src)
-        back[inds.reshape(-1)] = attended.reshape(-1, src.shape[1])
+        back[inds.reshape(-1)] = attended.transpose(1, 2).reshape(-1, c)
+        back = attn.out_proj(back)
         out = self.norm1(src + self.dropout1(back))
         ffn = self.linear2(self.dropout(nn.functional.gelu(self.linear1(out))))
         return self.norm2(out + self.dropout2(ffn))
