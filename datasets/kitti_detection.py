@@ -14,6 +14,7 @@ run sees exactly the samples the uninterrupted run would have seen, whatever the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,19 @@ from sparse3d.datasets.kitti import load_frame, read_split
 from sparse3d.utils.errors import UserError
 
 __all__ = ["KittiDetectionDataset", "collate_detection"]
+
+
+def _build_augment(augment: Mapping[str, Any]) -> GlobalAugment:
+    """``data.train.augment`` as a :class:`GlobalAugment`; unknown keys and bad ranges are one-line errors."""
+    known = {f.name for f in fields(GlobalAugment)}
+    unknown = sorted(set(augment) - known)
+    if unknown:
+        raise UserError(f"augment: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return GlobalAugment(**{k: (tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
+                                for k, v in augment.items()})
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
 
 
 class KittiDetectionDataset(Dataset):
@@ -52,8 +66,7 @@ class KittiDetectionDataset(Dataset):
             raise UserError(f"data.point_range must be 6 finite numbers (xmin, ymin, zmin, xmax, ymax, zmax), got "
                             f"{list(point_range)}")
         self.point_range = [float(v) for v in point_range]
-        self.augment = GlobalAugment(**{k: (tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
-                                        for k, v in augment.items()}) if augment else None
+        self.augment = _build_augment(augment) if augment else None
         self.fov_only = bool(fov_only)
         self.seed = int(seed)
         self.epoch = 0

@@ -1468,6 +1468,38 @@ add("kitti", "frame-id-path", _kitti_arg({"frame_id": "../000000"}, ["../000000"
 add("kitti", "frame-id-negative", _kitti_arg({"frame_id": -1}, ["-1"]))
 add("kitti", "subset-unknown", _kitti_arg({"subset": "validation"}, ["validation"]))
 add("kitti", "root-missing", _kitti_arg({"root": "/nonexistent/kitti_root"}, ["kitti_root"]))
+
+
+def _detection_dataset(kwargs: dict[str, Any], needles: Sequence[str], split_text: str | None = "000000\n") -> Make:
+    """The KITTI detection Dataset (``datasets/kitti_detection.py``) built on the one-frame KITTI set."""
+    def make(ctx: Ctx) -> Raises:
+        from sparse3d.datasets.kitti_detection import KittiDetectionDataset
+
+        root = _kitti_frame(ctx)
+        if split_text is not None:
+            (root / "ImageSets").mkdir()
+            (root / "ImageSets" / "train.txt").write_text(split_text)
+        args: dict[str, Any] = {"root": root, "split": "train", "class_names": ["Car"],
+                                "point_range": [0, -40, -3, 70, 40, 1], **kwargs}
+        return Raises(lambda: KittiDetectionDataset(**args)[0], needles)
+
+    return make
+
+
+add("kitti", "dataset-split-file-missing", _detection_dataset({}, ["train"], split_text=None))
+add("kitti", "dataset-split-empty", _detection_dataset({}, ["train.txt"], split_text=""))
+add("kitti", "dataset-split-unknown-frame", _detection_dataset({}, ["000042"], split_text="000042\n"))
+add("kitti", "dataset-class-names-empty", _detection_dataset({"class_names": []}, ["class_names"]))
+add("kitti", "dataset-point-range-inf", _detection_dataset({"point_range": [0, -40, -3, "inf", 40, 1]},
+                                                           ["point_range"]))
+add("kitti", "dataset-point-range-short", _detection_dataset({"point_range": [0, -40, -3]}, ["point_range"]))
+add("kitti", "dataset-augment-rotation-reversed", _detection_dataset({"augment": {"rotation": [1.0, -1.0]}},
+                                                                     ["rotation"]))
+add("kitti", "dataset-augment-scaling-negative", _detection_dataset({"augment": {"scaling": [-1.0, 1.0]}},
+                                                                    ["scaling"]))
+add("kitti", "dataset-augment-translation-negative", _detection_dataset({"augment": {"translation_std": -0.5}},
+                                                                        ["translation_std"]))
+add("kitti", "dataset-augment-unknown-key", _detection_dataset({"augment": {"flip_z": True}}, ["flip_z"]))
 add("kitti", "image-shape-zero", _kitti_arg({"image_shape": (0, 1242)}, ["image_shape"]))
 add("kitti", "difficulty-rule-unknown", _kitti_arg({"difficulty_rule": "easy"}, ["easy"]))
 
