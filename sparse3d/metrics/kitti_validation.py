@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from sparse3d.datasets.kitti import detections_to_objects, load_frame
+from sparse3d.datasets.kitti import detections_to_objects
+from sparse3d.io.kitti import DEFAULT_IMAGE_SHAPE, read_calib, read_image_shape, read_label
 from sparse3d.metrics.detection import kitti_eval
 
 __all__ = ["KittiDetectionMetrics"]
@@ -41,10 +42,14 @@ class KittiDetectionMetrics:
         gt, dt = [], []
         for out in outputs:
             for fid, boxes, scores, labels in zip(out["frame_id"], out["boxes"], out["scores"], out["labels"]):
-                frame = load_frame(self.root, fid)
-                gt.append(frame.objects)
+                # only the label, calibration and image size: the scan itself is not needed to score
+                folder = self.root / "training"
+                image = folder / "image_2" / f"{fid}.png"
+                shape = read_image_shape(image) if image.is_file() else DEFAULT_IMAGE_SHAPE
+                gt.append(read_label(folder / "label_2" / f"{fid}.txt"))
                 names = [self.class_names[int(i)] for i in np.asarray(labels).reshape(-1)]
-                dt.append(detections_to_objects(boxes, scores, names, frame.calib, frame.image_shape))
+                dt.append(detections_to_objects(boxes, scores, names, read_calib(folder / "calib" / f"{fid}.txt"),
+                                                shape))
         if not gt:
             return {}
         result = kitti_eval(gt, dt, classes=self.class_names)
