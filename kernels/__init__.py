@@ -21,5 +21,8 @@ KERNEL_MODULES: tuple[str, ...] = (
     "sparse3d.kernels.gaussian_tiles",
     "sparse3d.kernels.gaussian_composite",
     "sparse3d.kernels.plane_sweep",
+    "sparse3d.kernels.flexicubes",
+    "sparse3d.kernels.mesh_distance",
+    "sparse3d.kernels.ray_mesh",
 )
 """Every module that defines Warp kernels; the CUDA AOT compile test and bench walk this list."""

@@ -130,6 +130,16 @@ def serial_torch_ops() -> Iterator[None]:
                 torch.set_num_threads(_SERIAL_SAVED)
 
 
+
+@contextmanager
+def torch_stream(device: torch.device) -> Iterator[None]:
+    """On CUDA, run Warp launches on torch's current stream so they order with the torch ops around them."""
+    if device.type == "cuda":
+        with wp.ScopedStream(wp.stream_from_torch(device)):
+            yield
+    else:
+        yield
+
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:

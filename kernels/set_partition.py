@@ -17,13 +17,10 @@ Result types and argument validation are shared with it through :mod:`sparse3d.k
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import warp as wp
 
-from sparse3d.kernels.runtime import init, launch, to_wp, wp_device
+from sparse3d.kernels.runtime import init, launch, to_wp, torch_stream, wp_device
 from sparse3d.kernels.set_partition_types import (
     Int3,
     SetPartition,
@@ -133,14 +130,6 @@ def _fill_sets_kernel(
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-@contextlib.contextmanager
-def _torch_stream(device: torch.device) -> Iterator[None]:
-    """On CUDA, run Warp launches on torch's current stream so they order with the torch ops around them."""
-    if device.type == "cuda":
-        with wp.ScopedStream(wp.stream_from_torch(device)):
-            yield
-    else:
-        yield
 
 
 def _window_keys(
@@ -234,7 +223,7 @@ def window_partition(
     if coords.shape[0] == 0:
         return _empty_windows(coords.device, win, sh)
     init()
-    with _torch_stream(coords.device):
+    with torch_stream(coords.device):
         raw_key, coords_in_win, _, _ = _window_keys(coords, shape, win, sh)
     order = torch.sort(raw_key, stable=True).indices
     return _windows_from_sorted(raw_key, order, coords_in_win, win, sh)
@@ -265,7 +254,7 @@ def dynamic_set_partition(
             windows=_empty_windows(dev, win, sh),
         )
     init()
-    with _torch_stream(dev):
+    with torch_stream(dev):
         raw_key, coords_in_win, key_sorty, key_sortx = _window_keys(coords, shape, win, sh)
         # packed keys sort by window first, so both orders group windows identically
         order_sorty = torch.sort(key_sorty, stable=True).indices

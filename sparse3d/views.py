@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -114,11 +115,18 @@ class ScenePoints:
 @dataclass(frozen=True)
 class SceneViews:
     """One scene for a per-scene method: the input views it is fitted on, optional held-out test views and the
-    scene's optional sparse points (None when the format or the files have none)."""
+    scene's optional sparse points (None when the format or the files have none).
+
+    Scenes made from a mesh (:func:`sparse3d.datasets.meshes.load_mesh_scene`) also carry the target ``mesh``
+    (a :class:`sparse3d.io.mesh.TriangleMesh` in the unit box) and the ``normalization`` that maps it back to the
+    file's coordinates: methods that fit surfaces render their supervision from it.
+    """
 
     inputs: PosedImages
     test: PosedImages | None = None
     points: ScenePoints | None = None
+    mesh: Any = None
+    normalization: Any = None
 
     @property
     def name(self) -> str:

@@ -269,3 +269,13 @@ def run_cli(toy_module_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> C
         )
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def tiny_spare_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One generated 64x48 SpaRe scene (lighting 3 only), shared by the per-scene method tests."""
+    from sparse3d.datasets.synth.spare_scenes import generate_spare_scenes
+
+    root = tmp_path_factory.mktemp("spare_one") / "data"
+    return generate_spare_scenes(root, num_scenes=1, width=64, height=48, lightings=[3], naming="Synthetic",
+                                 progress=False)

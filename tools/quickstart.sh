@@ -79,8 +79,15 @@ cd "$ROOT"
 case "$MODE" in
   demo)
     compile_kernels auto
-    log "demo: generate synthetic LiDAR scenes, voxelise, train a sparse-conv U-Net, write a summary"
-    exec sparse3d-train experiment=quickstart "$@"
+    log "demo 1/2: generate synthetic LiDAR scenes, voxelise, train a sparse-conv U-Net, write a summary"
+    sparse3d-train experiment=quickstart "$@"
+    log "demo 2/2: SparseFlex: remesh a generated open sheet with holes at 256^3 (it stays open), picture it headless"
+    DEMO_DIR="outputs/demo"
+    sparse3d-data fit_shapes out_dir="$DEMO_DIR/shapes" 'generator.names=[sheet]'
+    sparse3d-mesh input="$DEMO_DIR/shapes/sheet.ply" resolution=256 out="$DEMO_DIR/sheet_256.ply"
+    sparse3d-eval evaluator=mesh pred="$DEMO_DIR/sheet_256.ply" gt="$DEMO_DIR/shapes/sheet.ply" distance=surface
+    sparse3d-vis "$DEMO_DIR/sheet_256.ply" --view iso --save "$DEMO_DIR/sheet_256.png"
+    log "demo done: $DEMO_DIR/sheet_256.png"
     ;;
   test)
     compile_kernels cpu

@@ -215,6 +215,16 @@ class GaussianSplatting:
                                      sh_degree=self.active_sh_degree(self.step))
         return colors[..., :3].clamp(0.0, 1.0)
 
+    def render_depth(self, cameras: Cameras) -> torch.Tensor:
+        """(C, H, W) camera-z depth of ``cameras``: per pixel, the depth of the Gaussian at which the accumulated
+        opacity first reaches 1/2 (the rasterizer's median depth), 0 where it never does (empty pixels)."""
+        model, _, _ = self._require()
+        meta: dict[str, Any] = {}
+        with torch.no_grad():
+            model.render(cameras.to(model.means.device), self._background(),
+                         sh_degree=self.active_sh_degree(self.step), meta=meta)
+        return meta["median_depths"][..., 0].float()
+
     def export(self, out_dir: Path) -> list[Path]:
         """The Gaussians as a standard 3DGS PLY (SuperSplat, gsplat and the 3DGS viewers open it)."""
         model, _, _ = self._require()

@@ -1,5 +1,5 @@
-"""``sparse3d-vis``: look at point clouds, KITTI frames, detections, meshes, 3DGS scenes, posed image sets and
-training runs.
+"""``sparse3d-vis``: look at point clouds, KITTI frames, detections, meshes, 3DGS scenes, posed image sets,
+SparseFlex grids and fields, and training runs.
 
 A thin front-end: :func:`sparse3d.vis.sources.build_scene` reads the inputs into a scene,
 :mod:`sparse3d.vis.camera` places the camera and :mod:`sparse3d.vis.render` draws it -- in a window when a
@@ -20,6 +20,7 @@ from sparse3d.utils.errors import UserError
 from sparse3d.vis.camera import VIEWS
 from sparse3d.vis.colors import COLOR_MODES
 from sparse3d.vis.detect import TYPES
+from sparse3d.vis.sparseflex import MAX_CUBES, SHOW_MODES
 
 APP = "sparse3d-vis"
 EXIT_USAGE = 2
@@ -37,13 +38,18 @@ examples:
   sparse3d-vis point_cloud.ply --glyphs 2000 --view front --save splats.png
   sparse3d-vis /data/spare --frame scan1 --save cameras.png              # SpaRe / DTU scene
   sparse3d-vis outputs/train/gs3d_dtu/<run> --save run.png               # a per-scene run's 3DGS export
+  sparse3d-vis grid.npz --show both --save grid.png      # SparseFlex grid (SparseSDFGrid.save): cubes + mesh
+  sparse3d-vis outputs/train/sparseflex_fit/<run>/field.npz --show cubes --max-cubes 50000 --save cubes.png
+  sparse3d-vis outputs/train/sparseflex_fit/<run> --save fit.png          # a SparseFlex fit run's mesh.ply
   sparse3d-vis scan.bin --lookat 10,0,0 --eye -10,0,8 --size 1280x720 --save look.png
 
 KITTI frames (a root, training/ or testing/ folder, or velodyne/<id>.bin with calib/ and label_2/ beside
 velodyne/) show their label_2 boxes as ground truth (blue); DontCare regions are not drawn. Detections
 (sparse3d-detect's detections.json, its label_2 result rows, or its output folder) are predictions (green), read
 for --frame, else for the frame of the scan or KITTI frame given with them. Boxes carry a heading tick; points
-inside boxes take the box colour. Mesh boundary edges (used by one triangle) are magenta.
+inside boxes take the box colour. Mesh boundary edges (used by one triangle) are magenta. SparseFlex .npz files
+are a grid or a fit's field by their keys (--type grid|field overrides); their active cubes are teal edges,
+subsampled (with a note) above --max-cubes.
 In a window: drag to orbit, W toggles the wireframe, +/- point size, H lists Open3D's keys.
 """
 
@@ -121,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="point cloud (.bin .npy .pcd .ply), KITTI root / training folder / velodyne .bin, "
                         "detections.json or KITTI label_2 results, mesh (.ply .obj .glb .off .stl), 3DGS .ply, "
-                        "SpaRe/DTU root or scene folder, training run folder, or a folder of frames")
+                        "SpaRe/DTU root or scene folder, SparseFlex grid or field .npz, training run folder, or a "
+                        "folder of frames")
     p.add_argument("--type", choices=("auto", *TYPES), default="auto",
                    help="read every PATH as this type instead of detecting it from the content")
     p.add_argument("--color", choices=COLOR_MODES, default="auto",
@@ -145,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normals", action="store_true", help="meshes: draw vertex normals")
     p.add_argument("--voxel-size", type=_positive_float, metavar="S",
                    help="points: draw the occupied voxels of edge S instead of the points")
+    p.add_argument("--show", choices=SHOW_MODES, default="both",
+                   help="SparseFlex grids and fields: the active cubes, the extracted mesh, or both (default)")
+    p.add_argument("--max-cubes", type=_positive_int, default=MAX_CUBES, metavar="N",
+                   help=f"SparseFlex: draw at most N cubes, an evenly strided subset beyond (default {MAX_CUBES})")
     p.add_argument("--point-size", type=_positive_float, default=2.0, metavar="PX",
                    help="point diameter in pixels (default 2)")
     return p
@@ -188,8 +199,11 @@ def run(args: argparse.Namespace) -> Path | None:
 
     options = VisOptions(type=args.type, color=args.color, frame=args.frame, glyphs=args.glyphs or 0,
                          wireframe=args.wireframe, normals=args.normals, voxel_size=args.voxel_size,
-                         point_size=args.point_size, score_threshold=args.score_threshold)
+                         point_size=args.point_size, score_threshold=args.score_threshold, show=args.show,
+                         max_cubes=args.max_cubes)
     scene = build_scene(args.paths, options)
+    for note in scene.notes:
+        print(f"{APP}: note: {note}", flush=True)
     width, height = args.size
     if args.orbit is not None:
         cameras = cam.orbit_cameras(scene, args.orbit, width, height, view=args.view or "iso")

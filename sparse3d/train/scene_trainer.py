@@ -15,9 +15,9 @@ Method protocol (:class:`SceneMethod`)
 * ``default_steps``: the step count used when the loop config leaves ``max_steps`` null.
 
 :class:`SceneTrainer` adds what every method needs: seeding, a progress bar with ETA and log lines,
-TensorBoard scalars and images (render | ground truth), test-view metrics at the start and the end, periodic
-atomic checkpoints with exact resume (RNG states included), and artefacts in the run directory:
-``renders/test/<view name>``, the method's exports, ``summary.json``.
+TensorBoard scalars and images (render | ground truth, plus depth when the method has ``render_depth``),
+test-view metrics at the start and the end, periodic atomic checkpoints with exact resume (RNG states included),
+and artefacts in the run directory: ``renders/test/<view name>``, the method's exports, ``summary.json``.
 """
 
 from __future__ import annotations
@@ -187,8 +187,7 @@ class SceneTrainer(RunDirectory):
             max_steps = int(method.default_steps if cfg.max_steps is None else cfg.max_steps)
             if max_steps < 0:
                 raise UserError(f"trainer.max_steps must be >= 0, got {max_steps}")
-            points = scene.points if scene.points is not None and _accepts_points(method) else None
-            method.setup(inputs, max_steps, **({} if points is None else {"points": points.to(session.device)}))
+            method.setup(inputs, max_steps, **setup_extras(method, scene, session.device))
             writer = ScalarWriter(self.output_dir / "tb" if cfg.tensorboard else None)
             try:
                 ckpt = self._resume_path(resume)
@@ -258,10 +257,29 @@ class SceneTrainer(RunDirectory):
         return metrics
 
     def _log_images(self, method: SceneMethod, views: PosedImages, writer: ScalarWriter) -> None:
-        """TensorBoard image of the first view: render | ground truth."""
+        """TensorBoard image of the first view: render | ground truth, and ``| depth`` (tag ``render|gt|depth``)
+        when the method has the optional ``render_depth(cameras) -> (1, H, W)`` (camera-z depth, 0 where empty),
+        drawn with :func:`sparse3d.vis.colors.depth_colors` (near = bright, empty = black)."""
+        camera = views.cameras[0]
         with preserved_rng_state():
-            render = render_views(method, views.cameras[0])[0]
-        writer.add_image("render|gt", torch.cat([render, views.images[0].detach().float().cpu()], dim=1), self.step)
+            render = render_views(method, camera)[0]
+            render_depth = getattr(method, "render_depth", None)
+            depth = None
+            if callable(render_depth):
+                with torch.no_grad():
+                    depth = render_depth(camera)
+        panels = [render, views.images[0].detach().float().cpu()]
+        if depth is None:
+            writer.add_image("render|gt", torch.cat(panels, dim=1), self.step)
+            return
+        from sparse3d.vis.colors import depth_colors
+
+        if not isinstance(depth, torch.Tensor) or tuple(depth.shape) != (1, camera.height, camera.width):
+            shape = tuple(depth.shape) if isinstance(depth, torch.Tensor) else type(depth).__name__
+            raise ValueError(f"{type(method).__name__}.render_depth returned {shape}, expected "
+                             f"(1, {camera.height}, {camera.width})")
+        panels.append(torch.from_numpy(depth_colors(depth[0].detach().float().cpu().numpy())))
+        writer.add_image("render|gt|depth", torch.cat(panels, dim=1), self.step)
 
     def _finish(self, method: SceneMethod, inputs: PosedImages, test: PosedImages | None,
                 writer: ScalarWriter) -> dict[str, float]:
@@ -344,13 +362,28 @@ class SceneTrainer(RunDirectory):
         }
 
 
-def _accepts_points(method: SceneMethod) -> bool:
-    """Whether ``method.setup`` takes a ``points`` keyword (the optional sparse-point extension)."""
+def setup_extras(method: SceneMethod, scene: SceneViews, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The optional keyword arguments of ``method.setup`` that ``scene`` can give: ``points`` (sparse scene points,
+    on ``device``) and ``mesh`` with its ``normalization`` (a scene made from a mesh), each only when the method's
+    ``setup`` accepts it."""
+    extras: dict[str, Any] = {}
+    if scene.points is not None and _accepts(method, "points"):
+        extras["points"] = scene.points.to(device)
+    if scene.mesh is not None and _accepts(method, "mesh"):
+        extras["mesh"] = scene.mesh
+        if _accepts(method, "normalization"):
+            extras["normalization"] = scene.normalization
+    return extras
+
+
+def _accepts(method: SceneMethod, keyword: str) -> bool:
+    """Whether ``method.setup`` takes ``keyword``: the optional extensions ``points`` (sparse scene points) and
+    ``mesh`` (the target surface of a scene made from a mesh)."""
     try:
         params = inspect.signature(method.setup).parameters
     except (TypeError, ValueError):
         return False
-    return "points" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return keyword in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _to_device(views: PosedImages, device: torch.device) -> PosedImages:

@@ -5,7 +5,9 @@ types detected by :mod:`~sparse3d.vis.detect`) or from in-memory objects (:mod:`
 drawn by :mod:`~sparse3d.vis.render` (Open3D, headless through EGL or in a window) from cameras made by
 :mod:`~sparse3d.vis.camera`. ``sparse3d-vis`` (:mod:`sparse3d.cli.vis`) is the command-line front-end. Boxes
 (ground truth, ``sparse3d-detect`` results) are read by :mod:`~sparse3d.vis.detections`; :mod:`~sparse3d.vis.bev`
-draws bird's-eye views with numpy and OpenCV alone (TensorBoard images during training).
+draws bird's-eye views with numpy and OpenCV alone (TensorBoard images during training);
+:mod:`~sparse3d.vis.sparseflex` reads SparseFlex grids and fields (active cubes, extracted mesh) and
+:func:`~sparse3d.vis.colors.depth_colors` colours depth maps (TensorBoard's render | ground truth | depth).
 """
 
 from typing import Any

@@ -1,7 +1,7 @@
 """Colours of the viewer: fixed colours for boxes and highlights, colour maps for scalar fields, a label palette.
 
 All colours are float32 RGB in [0, 1]. Colour maps use OpenCV's tables (viridis for intensity, turbo for
-height), so no plotting library is needed.
+height, inferno for depth images), so no plotting library is needed.
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ __all__ = [
     "TEST_CAMERA_COLOR",
     "OTHER_CAMERA_COLOR",
     "POINT_COLOR",
+    "CUBE_COLOR",
     "COLORMAPS",
+    "DEPTH_COLORMAP",
     "colormap",
+    "depth_colors",
     "label_colors",
     "unit_rgb",
 ]
@@ -48,8 +51,13 @@ TEST_CAMERA_COLOR = (0.0, 0.8, 1.0)
 """Frusta of held-out test views."""
 OTHER_CAMERA_COLOR = (0.5, 0.5, 0.5)
 POINT_COLOR = (0.8, 0.8, 0.8)
+CUBE_COLOR = (0.0, 0.8, 0.6)
+"""Edges of the active cubes of a SparseFlex grid or field (teal)."""
 
-COLORMAPS: dict[str, int] = {"viridis": cv2.COLORMAP_VIRIDIS, "turbo": cv2.COLORMAP_TURBO}
+COLORMAPS: dict[str, int] = {"viridis": cv2.COLORMAP_VIRIDIS, "turbo": cv2.COLORMAP_TURBO,
+                              "inferno": cv2.COLORMAP_INFERNO}
+DEPTH_COLORMAP = "inferno"
+"""The fixed map of depth images: near is bright (yellow-white), far is dark (purple), empty pixels black."""
 
 
 def colormap(
@@ -77,6 +85,30 @@ def colormap(
     rgb = bgr[:, ::-1].astype(np.float32) / 255.0
     rgb[~finite] = 0.5
     return rgb
+
+
+def depth_colors(depth: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """(H, W, 3) float32 RGB image of a depth map (H, W) through :data:`DEPTH_COLORMAP`, near = bright.
+
+    Pixels with a positive finite depth are scaled linearly so that ``lo`` (default: their minimum) gets the map's
+    brightest entry and ``hi`` (default: their maximum) its darkest, clipped outside; pixels whose depth is 0,
+    negative or not finite (nothing there) are black. A map whose valid depths are all equal is drawn brightest.
+    """
+    d = np.asarray(depth, dtype=np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"depth must have shape (H, W), got {d.shape}")
+    valid = np.isfinite(d) & (d > 0)
+    out = np.zeros((*d.shape, 3), np.float32)
+    if not valid.any():
+        return out
+    near = float(d[valid].min()) if lo is None else float(lo)
+    far = float(d[valid].max()) if hi is None else float(hi)
+    span = far - near
+    closeness = np.ones(int(valid.sum())) if span <= 0 else (far - d[valid]) / span
+    index = np.clip(np.rint(closeness * 255.0), 0, 255).astype(np.uint8)
+    bgr = cv2.applyColorMap(index.reshape(-1, 1), COLORMAPS[DEPTH_COLORMAP]).reshape(-1, 3)
+    out[valid] = bgr[:, ::-1].astype(np.float32) / 255.0
+    return out
 
 
 def label_colors(labels: np.ndarray) -> np.ndarray:

@@ -13,7 +13,10 @@ Types (:data:`TYPES`):
 * ``gaussians`` -- a PLY with the 3DGS vertex properties (``f_dc_0``, ``opacity``, ``scale_0``, ``rot_0``).
 * ``posed`` -- a SpaRe/DTU dataset: its root folder (holding ``Track*_split_*.json``), one scene folder of it,
   or a split file.
-* ``run`` -- a training run folder (holding ``summary.json``), or its ``summary.json``.
+* ``grid`` -- a SparseFlex sparse voxel grid ``.npz`` (written by ``SparseSDFGrid.save``: a ``format`` entry).
+* ``field`` -- a SparseFlex fit's ``field.npz`` (``sdf deform beta alpha gamma resolution cube_coords``).
+* ``run`` -- a training run folder (holding ``summary.json``), or its ``summary.json``; a folder holding a
+  SparseFlex fit's ``field.npz`` and ``mesh.ply``.
 
 A folder of per-frame scans (``000012.bin``...; a SemanticKITTI sequence folder with ``velodyne/``) is
 resolved to one frame's files by :func:`resolve_frame_files` first.
@@ -27,6 +30,7 @@ from pathlib import Path
 from sparse3d.io.pointcloud import _parse_ply_header
 from sparse3d.utils.errors import UserError
 from sparse3d.vis.detections import frame_matches
+from sparse3d.vis.sparseflex import is_sparseflex_run, npz_kind
 
 __all__ = [
     "TYPES",
@@ -40,7 +44,7 @@ __all__ = [
     "spare_split_files",
 ]
 
-TYPES: tuple[str, ...] = ("points", "kitti", "detections", "mesh", "gaussians", "posed", "run")
+TYPES: tuple[str, ...] = ("points", "kitti", "detections", "mesh", "gaussians", "posed", "grid", "field", "run")
 FRAME_SUFFIXES: tuple[str, ...] = (".bin", ".npy", ".pcd", ".ply")
 """Scan files a folder of frames may hold."""
 KITTI_SUBSETS: tuple[str, ...] = ("training", "testing")
@@ -132,9 +136,9 @@ def _looks_like_obj(head: bytes) -> bool:
 
 
 def folder_type(path: Path) -> str | None:
-    """``run`` for a run folder, ``posed`` for a SpaRe root or scene folder, ``kitti`` for a KITTI root or subset
+    """``run`` for a run folder (or a SparseFlex fit's folder), ``posed`` for a SpaRe root or scene folder, ``kitti`` for a KITTI root or subset
     folder, ``detections`` for a ``sparse3d-detect`` output or ``label_2`` folder, None for any other folder."""
-    if (path / "summary.json").is_file():
+    if (path / "summary.json").is_file() or is_sparseflex_run(path):
         return "run"
     if spare_split_files(path) or (spare_split_files(path.parent) and (path / "cameras").is_dir()):
         return "posed"
@@ -170,6 +174,8 @@ def detect_type(path: str | Path) -> str:
         return "points"
     if head.startswith(b"glTF"):
         return "mesh"
+    if head.startswith(b"PK\x03\x04") and suffix in (".npz", ""):
+        return npz_kind(p)
     stripped = head.lstrip()
     if head.startswith(b"# .PCD") or (suffix == ".pcd" and b"FIELDS" in head and b"DATA" in head):
         return "points"
@@ -195,7 +201,7 @@ def detect_type(path: str | Path) -> str:
         raise UserError(f"{p}: SemanticKITTI labels are read next to their scan (velodyne/NNNNNN.bin -> "
                         "labels/NNNNNN.label); pass the .bin file")
     raise UserError(f"{p}: unrecognised content (not a PLY, PCD, NPY, KITTI .bin or label file, OBJ/OFF/STL/GLB "
-                    "mesh, detections.json, SpaRe split or run summary)")
+                    "mesh, SparseFlex grid or field .npz, detections.json, SpaRe split or run summary)")
 
 
 def resolve_frame_files(folder: Path, frame: str | None) -> list[Path]:

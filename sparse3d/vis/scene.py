@@ -162,6 +162,7 @@ class Scene:
             along (LiDAR: +x); it is made orthogonal to ``up`` when views are computed.
         background: RGB in [0, 1].
         point_size: rendered point diameter in pixels.
+        notes: what the user should know about how the inputs are drawn (e.g. a subsampled grid), one line each.
     """
 
     drawables: list[Drawable] = field(default_factory=list)
@@ -169,6 +170,7 @@ class Scene:
     forward: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0, 0.0]))
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     point_size: float = 2.0
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("up", "forward"):

@@ -21,8 +21,11 @@ Supported inputs (types as in :mod:`sparse3d.vis.detect`):
 * 3DGS ``.ply``: Gaussian centres in their DC colours, or the K most opaque as ellipsoids (``glyphs``).
 * posed image sets: a SpaRe/DTU root (scene by ``--frame``, default the first of the split) or scene folder:
   every camera with a ``pos_XXX.txt`` as a frustum; input and test views with their images.
-* training runs: a per-scene run folder shows its exported 3DGS ``.ply``; a dataset-trained run has no scene
-  and is refused with a one-line reason.
+* SparseFlex grids (``SparseSDFGrid.save`` ``.npz``) and fields (a fit run's ``field.npz``), told apart by their
+  keys (:mod:`sparse3d.vis.sparseflex`): the active cubes as a line set (at most ``max_cubes``, evenly strided,
+  with a note when subsampled) and/or the extracted mesh (``show``), in the input's coordinates.
+* training runs: a per-scene run folder shows its exported 3DGS ``.ply``, a SparseFlex fit run (``field.npz`` and
+  ``mesh.ply``) its mesh; a dataset-trained run has no scene and is refused with a one-line reason.
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ from sparse3d.vis.detect import (
 )
 from sparse3d.vis.detections import BoxSet, frame_matches, kitti_label_boxes, read_detections_json
 from sparse3d.vis.scene import Drawable, Points, Scene
+from sparse3d.vis.sparseflex import (
+    MAX_CUBES,
+    SHOW_MODES,
+    is_sparseflex_run,
+    load_sparseflex,
+    sparseflex_drawables,
+)
 
 __all__ = [
     "VisOptions",
@@ -66,6 +76,7 @@ __all__ = [
     "load_mesh",
     "load_points",
     "load_run_gaussians",
+    "sparseflex_run_mesh",
     "spare_drawables",
 ]
 
@@ -88,6 +99,8 @@ class VisOptions:
         normals: meshes: draw vertex normals.
         voxel_size: points: draw the occupied voxels of this size instead of the points.
         point_size: point diameter in pixels.
+        show: SparseFlex grids and fields: ``both``, ``cubes`` or ``mesh``.
+        max_cubes: SparseFlex grids and fields: most cubes drawn (an evenly strided subset beyond).
     """
 
     type: str = "auto"
@@ -99,6 +112,8 @@ class VisOptions:
     voxel_size: float | None = None
     point_size: float = 2.0
     score_threshold: float | None = None
+    show: str = "both"
+    max_cubes: int = MAX_CUBES
 
 
 @contextlib.contextmanager
@@ -295,6 +310,12 @@ def load_mesh(path: str | Path, backend: str = "auto") -> tuple[np.ndarray, np.n
 
 
 # ------------------------------------------------------------------------------------------ runs, SpaRe
+def sparseflex_run_mesh(folder: str | Path) -> Path | None:
+    """The ``mesh.ply`` of a SparseFlex fit run folder (one holding ``field.npz`` and ``mesh.ply``), else None."""
+    d = Path(folder)
+    return d / "mesh.ply" if is_sparseflex_run(d) else None
+
+
 def load_run_gaussians(folder: str | Path) -> Path:
     """The 3DGS ``.ply`` a per-scene training run exported; :class:`UserError` for a dataset-trained run (which
     has model weights, no scene) or a run that exported no point cloud."""
@@ -388,8 +409,9 @@ def _expand(paths: Sequence[str | Path], options: VisOptions) -> tuple[list[tupl
             kind = detect_type(f) if options.type == "auto" else options.type
             if kind == "run" and f.is_file():  # a run's summary.json stands for its folder
                 f = f.parent
-            if kind == "run" and not (f / "summary.json").is_file():
-                raise UserError(f"{f}: --type run needs a run folder holding summary.json")
+            if kind == "run" and not ((f / "summary.json").is_file() or is_sparseflex_run(f)):
+                raise UserError(f"{f}: --type run needs a run folder holding summary.json (or a SparseFlex fit's "
+                                "field.npz and mesh.ply)")
             if kind == "posed" and f.is_dir() and folder_type(f) != "posed":
                 raise UserError(f"{f}: --type posed needs a SpaRe dataset root or scene folder")
             if kind in ("kitti", "detections") and f.is_dir() and folder_type(f) != kind:
@@ -413,6 +435,10 @@ def build_scene(paths: Sequence[str | Path], options: VisOptions | None = None) 
         raise UserError(f"--point-size: must be positive, got {opts.point_size}")
     if opts.color not in B.COLOR_MODES:
         raise UserError(f"--color: unknown colouring {opts.color!r}; one of {', '.join(B.COLOR_MODES)}")
+    if opts.show not in SHOW_MODES:
+        raise UserError(f"--show: unknown choice {opts.show!r}; one of {', '.join(SHOW_MODES)}")
+    if opts.max_cubes < 1:
+        raise UserError(f"--max-cubes: must be >= 1, got {opts.max_cubes}")
     if opts.score_threshold is not None and not np.isfinite(opts.score_threshold):
         raise UserError(f"--score-threshold: must be a finite number, got {opts.score_threshold}")
     inputs, used_frame = _expand(paths, opts)
@@ -422,6 +448,7 @@ def build_scene(paths: Sequence[str | Path], options: VisOptions | None = None) 
     boxes: list[BoxSet] = []
     others: list[Drawable] = []
     camera_axes: tuple[np.ndarray, np.ndarray] | None = None
+    notes: list[str] = []
     context_frame: str | None = None
     calib: KittiCalib | None = None
     for path, kind in inputs:
@@ -445,6 +472,16 @@ def build_scene(paths: Sequence[str | Path], options: VisOptions | None = None) 
             vertices, faces, colors = load_mesh(path)
             others += B.mesh_drawables(vertices, faces, colors, wireframe=opts.wireframe, normals=opts.normals,
                                        name=str(path))
+        elif kind in ("grid", "field"):
+            flex = load_sparseflex(path, kind, with_mesh=opts.show != "cubes")
+            drawables, new_notes = sparseflex_drawables(flex, opts.show, opts.max_cubes, wireframe=opts.wireframe,
+                                                        normals=opts.normals)
+            others += drawables
+            notes += new_notes
+        elif kind == "run" and (mesh_path := sparseflex_run_mesh(path)) is not None:
+            vertices, faces, colors = load_mesh(mesh_path)
+            others += B.mesh_drawables(vertices, faces, colors, wireframe=opts.wireframe, normals=opts.normals,
+                                       name=str(mesh_path))
         elif kind in ("gaussians", "run"):
             ply = load_run_gaussians(path) if kind == "run" else path
             with _reading(ply):
@@ -460,9 +497,9 @@ def build_scene(paths: Sequence[str | Path], options: VisOptions | None = None) 
         raise UserError(f"--frame: {opts.frame!r} selects nothing: no PATH is a folder of frames, a KITTI folder, "
                         "a detections file or a SpaRe root")
 
-    scene = Scene(point_size=opts.point_size)
+    scene = Scene(point_size=opts.point_size, notes=notes)
     if camera_axes is not None and not clouds and not boxes:  # only cameras: look at them the way they look
-        scene = Scene(up=camera_axes[0], forward=camera_axes[1], point_size=opts.point_size)
+        scene = Scene(up=camera_axes[0], forward=camera_axes[1], point_size=opts.point_size, notes=notes)
     all_boxes = BoxSet.concatenate(boxes).above(opts.score_threshold)
     gt, pred = all_boxes.select(~all_boxes.is_prediction), all_boxes.select(all_boxes.is_prediction)
     for cloud in clouds:

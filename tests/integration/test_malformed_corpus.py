@@ -68,6 +68,7 @@ class Cli:
     outputs: Sequence[Path] = ()
     exit_code: int | None = None  # None: any non-zero status
     problems: bool = False  # `sparse3d-spare check`: the problems are listed on stdout, exit 1
+    no_files: Sequence[tuple[Path, str]] = ()  # (folder, glob): nothing under folder may match after the run
 
 
 @dataclass
@@ -1732,6 +1733,180 @@ add("cli_detect", "kitti-split-unknown", _detect(lambda c: [f"ckpt={_write(c, 'b
                                                             f"input={_kitti_frame(c)}", "split=holdout"], ["holdout"]))
 
 
+# ================================================================================================== meshes
+def _valid_mesh(ctx: Ctx, name: str) -> Path:
+    """A unit cube written by the project's mesh writer, checked to load (the mutation is the only difference)."""
+    pytest.importorskip("trimesh")
+    from sparse3d.datasets.synth.shapes import box_mesh
+    from sparse3d.io.mesh import TriangleMesh, read_mesh, write_mesh
+
+    path = write_mesh(ctx.tmp / name, TriangleMesh(*box_mesh((0, 0, 0), (1, 1, 1))))
+    assert read_mesh(path).num_faces == 12
+    return path
+
+
+def _mesh_case(make_file: Callable[[Ctx], Path], needles: Sequence[str] = ()) -> Make:
+    def make(ctx: Ctx) -> Raises:
+        pytest.importorskip("trimesh")
+        from sparse3d.io.mesh import read_mesh
+
+        path = make_file(ctx)
+        return Raises(lambda: read_mesh(path), [path.name, *needles])
+
+    return make
+
+
+_TRI_OBJ = "v 0 0 0\nv 1 0 0\nv 0 1 0\n"
+_ASCII_PLY = ("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+              "element face 1\nproperty list uchar int vertex_indices\nend_header\n")
+
+add("mesh", "truncated-binary-ply", _mesh_case(lambda c: truncate(_valid_mesh(c, "cube.ply"))))
+add("mesh", "truncated-ascii-ply", _mesh_case(lambda c: _write(c, "tri.ply", _ASCII_PLY + "0 0 0\n1 0 0\n")))
+add("mesh", "truncated-glb", _mesh_case(lambda c: truncate(_valid_mesh(c, "cube.glb"))))
+add("mesh", "ply-header-only", _mesh_case(lambda c: truncate(_valid_mesh(c, "cube.ply"), 0.3)))
+add("mesh", "obj-random-bytes", _mesh_case(lambda c: _write(c, "mesh.obj", rand_bytes())))
+add("mesh", "ply-random-bytes", _mesh_case(lambda c: _write(c, "mesh.ply", rand_bytes())))
+add("mesh", "glb-random-bytes", _mesh_case(lambda c: _write(c, "mesh.glb", rand_bytes())))
+add("mesh", "off-not-a-mesh", _mesh_case(lambda c: _write(c, "mesh.off", "OFF\nthree vertices please\n")))
+add("mesh", "obj-face-index-out-of-range", _mesh_case(lambda c: _write(c, "oob.obj", _TRI_OBJ + "f 1 2 3\nf 1 2 4\n")))
+add("mesh", "ply-face-index-out-of-range", _mesh_case(
+    lambda c: _write(c, "oob.ply", _ASCII_PLY + "0 0 0\n1 0 0\n0 1 0\n3 0 1 3\n"), ["out of range"]))
+add("mesh", "obj-nan-vertex", _mesh_case(lambda c: replace_text(_valid_mesh(c, "cube.obj"), "\nv ", "\nv nan "),
+                                         ["non-finite"]))
+add("mesh", "ply-inf-vertex", _mesh_case(lambda c: _write(c, "inf.ply", _ASCII_PLY + "0 0 inf\n1 0 0\n0 1 0\n3 0 1 2\n"),
+                                         ["non-finite"]))
+add("mesh", "empty-file", _mesh_case(lambda c: _write(c, "empty.ply", b""), ["empty"]))
+add("mesh", "point-cloud-ply", _mesh_case(lambda c: c.copy("points_ply"), ["point cloud"]))
+add("mesh", "obj-vertices-only", _mesh_case(lambda c: _write(c, "points.obj", _TRI_OBJ)))
+add("mesh", "unknown-extension", _mesh_case(lambda c: _write(c, "mesh.xyz", _TRI_OBJ + "f 1 2 3\n"), ["extension"]))
+add("mesh", "is-folder", _mesh_case(lambda c: _mkdir(c, "mesh.ply")))
+add("mesh", "missing", _mesh_case(lambda c: c.tmp / "gone.obj"))
+
+
+def _mesh_eval(args: Callable[[Ctx], list[str]], needles: Sequence[str]) -> Make:
+    """``sparse3d-eval evaluator=mesh``: one error line, and no results file anywhere under the output root."""
+    def make(ctx: Ctx) -> Cli:
+        pytest.importorskip("trimesh")
+        runs = ctx.tmp / "runs"
+        return Cli("sparse3d-eval", ["evaluator=mesh", "n_points=1000", *args(ctx), f"paths.output_root={runs}"],
+                   needles, no_files=[(runs, "results.*")])
+
+    return make
+
+
+add("mesh", "cli-pred-missing", _mesh_eval(lambda c: [f"pred={c.tmp / 'nopred.ply'}", f"gt={_valid_mesh(c, 'gt.ply')}"],
+                                           ["nopred.ply"]))
+add("mesh", "cli-gt-missing", _mesh_eval(lambda c: [f"pred={_valid_mesh(c, 'pred.ply')}", f"gt={c.tmp / 'nogt.obj'}"],
+                                         ["nogt.obj"]))
+add("mesh", "cli-pred-truncated", _mesh_eval(lambda c: [f"pred={truncate(_valid_mesh(c, 'pred.ply'))}",
+                                                        f"gt={_valid_mesh(c, 'gt.glb')}"], ["pred.ply"]))
+add("mesh", "cli-gt-random-bytes", _mesh_eval(lambda c: [f"pred={_valid_mesh(c, 'pred.ply')}",
+                                                         f"gt={_write(c, 'gt.obj', rand_bytes())}"], ["gt.obj"]))
+add("mesh", "cli-gt-point-cloud", _mesh_eval(lambda c: [f"pred={_valid_mesh(c, 'pred.ply')}",
+                                                        f"gt={c.copy('points_ply')}"], ["points.ply"]))
+add("mesh", "cli-pred-is-folder", _mesh_eval(lambda c: [f"pred={_mkdir(c, 'pred.obj')}", f"gt={_valid_mesh(c, 'gt.ply')}"],
+                                             ["pred.obj"]))
+add("mesh", "cli-gt-absent", _mesh_eval(lambda c: [f"pred={_valid_mesh(c, 'pred.ply')}"], ["gt="]))
+add("mesh", "cli-n-points-0", _mesh_eval(lambda c: [f"pred={_valid_mesh(c, 'pred.ply')}", f"gt={_valid_mesh(c, 'gt.ply')}",
+                                                    "n_points=0"], ["n_points"]))
+add("mesh", "cli-normalize-unknown", _mesh_eval(lambda c: [f"pred={_valid_mesh(c, 'pred.ply')}",
+                                                           f"gt={_valid_mesh(c, 'gt.ply')}", "normalize=bbox"],
+                                                ["normalize"]))
+
+
+def _sparse3d_mesh(args: Callable[[Ctx], list[str]], needles: Sequence[str]) -> Make:
+    """``sparse3d-mesh``: one error line naming the input or option, and no mesh written."""
+    def make(ctx: Ctx) -> Cli:
+        pytest.importorskip("trimesh")
+        out = ctx.tmp / "out" / "remeshed.ply"
+        return Cli("sparse3d-mesh", ["resolution=16", f"out={out}", f"paths.output_root={ctx.tmp / 'runs'}",
+                                     *args(ctx)], needles, outputs=[out.parent])
+
+    return make
+
+
+def _npy(ctx: Ctx, name: str, array: np.ndarray) -> Path:
+    path = ctx.tmp / name
+    np.save(path, array)
+    return path
+
+
+add("mesh", "cli-mesh-input-absent", _sparse3d_mesh(lambda c: [], ["input="]))
+add("mesh", "cli-mesh-input-missing", _sparse3d_mesh(lambda c: [f"input={c.tmp / 'gone.obj'}"], ["gone.obj"]))
+add("mesh", "cli-mesh-input-truncated", _sparse3d_mesh(lambda c: [f"input={truncate(_valid_mesh(c, 'in.glb'))}"],
+                                                       ["in.glb"]))
+add("mesh", "cli-mesh-input-random-bytes", _sparse3d_mesh(lambda c: [f"input={_write(c, 'in.obj', rand_bytes())}"],
+                                                          ["in.obj"]))
+add("mesh", "cli-mesh-npy-wrong-shape", _sparse3d_mesh(
+    lambda c: [f"input={_npy(c, 'vol.npy', np.zeros((4, 5), np.float32))}"], ["vol.npy", "shape"]))
+add("mesh", "cli-mesh-npy-not-numpy", _sparse3d_mesh(lambda c: [f"input={_write(c, 'vol.npy', rand_bytes())}"],
+                                                     ["vol.npy"]))
+add("mesh", "cli-mesh-sdf-no-surface", _sparse3d_mesh(
+    lambda c: [f"input={_npy(c, 'pos.npy', np.ones((9, 9, 9), np.float32))}"], ["pos.npy", "no surface"]))
+add("mesh", "cli-mesh-sdf-nan", _sparse3d_mesh(
+    lambda c: [f"input={_npy(c, 'nan.npy', np.full((9, 9, 9), np.nan, np.float32))}"], ["finite"]))
+add("mesh", "cli-mesh-points-nan", _sparse3d_mesh(
+    lambda c: [f"input={_npy(c, 'pts.npy', np.full((50, 3), np.nan, np.float32))}"], ["pts.npy"]))
+add("mesh", "cli-mesh-grid-random-bytes", _sparse3d_mesh(lambda c: [f"input={_write(c, 'grid.npz', rand_bytes())}"],
+                                                         ["grid.npz"]))
+add("mesh", "cli-mesh-unknown-suffix", _sparse3d_mesh(lambda c: [f"input={_write(c, 'shape.step', 'ISO-10303-21;')}"],
+                                                      ["shape.step"]))
+add("mesh", "cli-mesh-bad-out-suffix", lambda c: Cli(
+    "sparse3d-mesh", [f"input={_valid_mesh(c, 'in.ply')}", f"out={c.tmp / 'o' / 'mesh.xyz'}",
+                      f"paths.output_root={c.tmp / 'runs'}"], ["out="], outputs=[c.tmp / "o"]))
+add("mesh", "cli-mesh-resolution-0", _sparse3d_mesh(lambda c: [f"input={_valid_mesh(c, 'in.ply')}", "resolution=0"],
+                                                    ["resolution"]))
+add("mesh", "cli-mesh-type-unknown", _sparse3d_mesh(lambda c: [f"input={_valid_mesh(c, 'in.ply')}", "type=cad"],
+                                                    ["type="]))
+add("mesh", "cli-mesh-sign-unknown", _sparse3d_mesh(lambda c: [f"input={_valid_mesh(c, 'in.ply')}", "sign=inside"],
+                                                    ["sign"]))
+
+
+def _grid_file(mutate: Callable[[dict[str, np.ndarray]], None]) -> Make:
+    """A saved SparseFlex grid with one array changed: ``SparseSDFGrid.load`` refuses it naming the file."""
+    def make(ctx: Ctx) -> Raises:
+        from sparse3d.models.sparseflex.structure import SparseSDFGrid, grid_from_sdf_volume
+
+        lin = np.linspace(-0.5, 0.5, 9)
+        x, y, z = np.meshgrid(lin, lin, lin, indexing="ij")
+        grid = grid_from_sdf_volume(np.sqrt(x * x + y * y + z * z).astype(np.float32) - 0.3)
+        path = ctx.tmp / "grid.npz"
+        grid.save(path)
+        assert SparseSDFGrid.load(path).num_cubes == grid.num_cubes
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        mutate(arrays)
+        np.savez(path, **arrays)
+        return Raises(lambda: SparseSDFGrid.load(path), ["grid.npz"])
+
+    return make
+
+
+add("mesh", "grid-cubes-out-of-range", _grid_file(lambda a: a.__setitem__("cube_coords", a["cube_coords"] + 100)))
+add("mesh", "grid-sdf-wrong-length", _grid_file(lambda a: a.__setitem__("sdf", a["sdf"][:-1])))
+add("mesh", "grid-sdf-nan", _grid_file(lambda a: a.__setitem__("sdf", np.full_like(a["sdf"], np.nan))))
+add("mesh", "grid-missing-key", _grid_file(lambda a: a.pop("sdf")))
+
+
+def _mesh_scene(kwargs: dict[str, Any], needles: Sequence[str], mesh: str | None = "in.ply") -> Make:
+    """The mesh scene of ``experiment=sparseflex_fit``: bad files and camera settings are one-line errors."""
+    def make(ctx: Ctx) -> Raises:
+        pytest.importorskip("trimesh")
+        from sparse3d.datasets.meshes import load_mesh_scene
+
+        path = _valid_mesh(ctx, mesh) if mesh else ctx.tmp / "gone.obj"
+        return Raises(lambda: load_mesh_scene(path, **{"num_views": 2, "test_views": 0, "width": 16, "height": 16,
+                                                       **kwargs}), needles)
+
+    return make
+
+
+add("mesh", "scene-mesh-missing", _mesh_scene({}, ["gone.obj"], mesh=None))
+add("mesh", "scene-no-views", _mesh_scene({"num_views": 0}, ["num_views"]))
+add("mesh", "scene-tiny-image", _mesh_scene({"width": 4}, ["width=4"]))
+add("mesh", "scene-fov-zero", _mesh_scene({"fov_deg": 0.0}, ["fov_deg"]))
+add("mesh", "scene-inside-fov-too-wide", _mesh_scene({"inside_views": 2, "inside_fov_deg": 200.0}, ["inside_fov_deg"]))
+
 # ============================================================================================== running them
 _MAINS = {
     "sparse3d-data": "sparse3d.cli.data",
@@ -1741,6 +1916,7 @@ _MAINS = {
     "sparse3d-bench": "sparse3d.cli.bench",
     "sparse3d-vis": "sparse3d.cli.vis",
     "sparse3d-detect": "sparse3d.cli.detect",
+    "sparse3d-mesh": "sparse3d.cli.mesh",
 }
 
 
@@ -1838,6 +2014,8 @@ def test_malformed_input(make: Make, corpus_ctx: Ctx, monkeypatch: pytest.Monkey
         code, out, err = _run_in_process(check, monkeypatch, capfd)
         _assert_cli(check, code, out, err)
         assert _snapshot(check.outputs) == before, "a failed run left output behind"
+        for folder, pattern in check.no_files:
+            assert not list(folder.rglob(pattern)), f"a failed run left {pattern} under {folder}"
 
 
 # ----------------------------------------------------------------------------------------------- subprocesses
@@ -1878,7 +2056,7 @@ def test_corpus_covers_every_area() -> None:
     assert len(names) == len(set(names))
     expected = {"spare", "splits", "zips", "gaussian_ply", "pointcloud", "semantic_kitti", "kitti", "llff", "nerfstudio",
                 "colmap", "posed_scenes", "images", "vis", "cli_data", "cli_spare", "cli_train", "cli_bench",
-                "cli_eval", "cli_detect"}
+                "cli_eval", "cli_detect", "mesh"}
     assert expected <= set(AREA_COUNTS), sorted(expected - set(AREA_COUNTS))
     assert len(names) >= 250, len(names)
     print(f"\n{len(names)} cases: " + ", ".join(f"{a} {n}" for a, n in sorted(AREA_COUNTS.items())))

@@ -393,3 +393,48 @@ def test_failed_render_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(UserError, match="no context"):
         render.save_png(scene, camera, tmp_path / "p.png")
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------- SparseFlex
+
+
+def test_sparseflex_grid_renders_its_mesh_and_cubes(run_cli: RunCli, tmp_path: Path) -> None:
+    from sparse3d.models.sparseflex.structure import grid_from_sdf_volume
+
+    res, radius, centre = 16, 0.6, np.array([2.0, 0.0, 0.0])
+    axis = np.linspace(-1.0, 1.0, res + 1)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    grid = grid_from_sdf_volume(np.sqrt(x**2 + y**2 + z**2) - radius, spacing=2.0 / res, origin=tuple(centre - 1))
+    grid.save(tmp_path / "grid.npz")
+    eye = centre + [0.0, -4.0, 0.0]
+    camera = look_at_camera(tuple(eye), tuple(centre), (0, 0, 1), 200, 160)
+    (cx, cy) = camera.project(centre[None])[0][0]
+    radius_px = camera.K[0, 0] * math.tan(math.asin(radius / 4))
+    view = ["--lookat", ",".join(map(str, centre)), "--eye", ",".join(map(str, eye)), "--size", "200x160"]
+
+    out = tmp_path / "mesh.png"
+    ok(vis(run_cli, tmp_path / "grid.npz", "--show", "mesh", *view, "--save", out))
+    image = read_rgb(out)
+    for angle in np.linspace(0, 2 * math.pi, 12, endpoint=False):
+        direction = np.array([math.cos(angle), math.sin(angle)])
+        inner = np.floor([cx, cy] + 0.75 * radius_px * direction).astype(int)
+        outer = np.floor([cx, cy] + 1.3 * radius_px * direction).astype(int)
+        assert image[inner[1], inner[0]].max() > 0, angle  # the mesh where the sphere projects (input coordinates)
+        assert image[outer[1], outer[0]].max() == 0, angle  # background outside it
+    assert not color_near(image, np.array([cx, cy]), C.CUBE_COLOR, radius=30)  # no cubes with --show mesh
+
+    out = tmp_path / "cubes.png"
+    result = vis(run_cli, tmp_path / "grid.npz", "--show", "cubes", "--max-cubes", 100, *view, "--save", out)
+    ok(result)
+    assert f"{grid.num_cubes} active cubes; drawing 100 of them" in result.stdout
+    image = read_rgb(out)
+    teal = np.abs(image - np.rint(np.asarray(C.CUBE_COLOR) * 255)).max(axis=-1) <= 3
+    rows, cols = np.nonzero(teal)
+    assert len(rows) > 50  # cube edges drawn in the cube colour ...
+    offsets = np.array([[m & 1, (m >> 1) & 1, (m >> 2) & 1] for m in range(8)])
+    corners = (grid.cube_coords.numpy()[:, None] + offsets[None]).reshape(-1, 3) * (2.0 / res) + (centre - 1.0)
+    corner_uv, _ = camera.project(corners)
+    reach = np.hypot(*(corner_uv - [cx, cy]).T).max()  # farthest projected cube corner
+    dist = np.hypot(cols + 0.5 - cx, rows + 0.5 - cy)
+    assert dist.max() <= reach + 2.0  # ... only where the grid's cubes project
+    assert dist.max() > radius_px  # and out past the surface (the band's outer cubes)

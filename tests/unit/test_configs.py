@@ -27,7 +27,7 @@ from sparse3d.cli._hydra import rewrite_positional_group
 from sparse3d.config_schema import SceneTrainerConfig, TrainerConfig
 from sparse3d.train.data_spec import DataSpec
 from sparse3d.train.evaluators import merge_saved_config
-from sparse3d.train.scene_trainer import method_factory
+from sparse3d.train.scene_trainer import method_factory, setup_extras
 from sparse3d.views import SceneViews
 
 Compose = Callable[..., DictConfig]
@@ -114,7 +114,7 @@ def test_experiment_composes_and_instantiates(hydra_compose: Compose, experiment
         assert isinstance(scene, SceneViews) and len(scene.inputs) > 0
         method = method_factory(cfg.method)()
         torch.manual_seed(0)
-        method.setup(scene.inputs, max(1, method.default_steps))
+        method.setup(scene.inputs, max(1, method.default_steps), **setup_extras(method, scene))
         if method.default_steps > 0:
             assert torch.isfinite(torch.tensor(method.training_step(0)["loss"]))
         image = method.render(scene.inputs.cameras[0])

@@ -21,6 +21,7 @@ from sparse3d.kernels import KERNEL_MODULES
 PRODUCTION_PACKAGES = ("sparse3d", "sparse3d.kernels", "sparse3d.models", "sparse3d.datasets")
 REFERENCE = "sparse3d.kernels.reference"
 TYPE_MODULES = (
+    "sparse3d.kernels.flexicubes_tables",
     "sparse3d.kernels.gaussian_args",
     "sparse3d.kernels.kernel_map_types",
     "sparse3d.kernels.set_partition_types",

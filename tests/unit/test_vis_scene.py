@@ -578,3 +578,130 @@ def test_kitti_malformed_inputs_name_the_file(kitti_root: Path, tmp_path: Path, 
     with pytest.raises(UserError) as err:
         build_scene(paths, options)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------- SparseFlex
+
+
+def _sphere_grid(path: Path, res: int = 12, radius: float = 0.6, centre: tuple[float, float, float] = (3.0, -1.0, 0.5)):
+    """A sphere's SparseSDFGrid saved at ``path`` (box of side 2 around ``centre``: a non-trivial normalisation)."""
+    from sparse3d.models.sparseflex.structure import grid_from_sdf_volume
+
+    axis = np.linspace(-1.0, 1.0, res + 1)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    grid = grid_from_sdf_volume(np.sqrt(x**2 + y**2 + z**2) - radius, spacing=2.0 / res,
+                                origin=tuple(np.asarray(centre) - 1.0))
+    grid.save(path)
+    return grid
+
+
+def _field_from_grid(grid, path: Path, **override: np.ndarray) -> None:
+    """A fit's field.npz with the grid's structure and zero raw weights / deformations (plain DMC)."""
+    n, v = grid.num_cubes, len(grid.corner_keys)
+    arrays = {"sdf": grid.sdf.numpy(), "deform": np.zeros((v, 3), np.float32), "beta": np.zeros((n, 12), np.float32),
+              "alpha": np.zeros((n, 8), np.float32), "gamma": np.zeros(n, np.float32),
+              "resolution": np.int64(grid.resolution), "cube_coords": grid.cube_coords.numpy(),
+              "center": grid.normalization.center, "scale": np.float64(grid.normalization.scale), **override}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_cube_lines_draw_each_grid_edge_once_in_input_coordinates() -> None:
+    from sparse3d.vis.sparseflex import cube_lines
+
+    lines = cube_lines(np.array([[0, 0, 0], [1, 0, 0]]), 2, center=np.array([10.0, 0.0, 0.0]), scale=4.0)
+    assert len(lines.segments) == 20 and len(lines.vertices) == 12  # 12 + 12 edges, 4 shared; 12 corners
+    ends = lines.vertices[lines.segments]
+    step = ends[:, 1] - ends[:, 0]
+    assert np.allclose(np.sort(np.abs(step), axis=1), [0.0, 0.0, 2.0])  # axis-aligned, one voxel = 4 / 2 long
+    assert np.allclose(lines.vertices.min(axis=0), [8.0, -2.0, -2.0])  # local -0.5 -> 10 - 2
+    assert np.allclose(lines.vertices.max(axis=0), [12.0, 0.0, 0.0])
+    assert len({tuple(sorted(map(tuple, e.round(5)))) for e in ends}) == 20  # no edge twice
+    assert np.allclose(lines.colors, C.CUBE_COLOR)
+
+
+def test_sparseflex_grid_and_field_are_detected_and_drawn(tmp_path: Path) -> None:
+    from sparse3d.vis.scene import Lines as L
+
+    grid = _sphere_grid(tmp_path / "grid.npz")
+    _field_from_grid(grid, tmp_path / "field.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    assert detect_type(tmp_path / "grid.npz") == "grid" and detect_type(tmp_path / "field.npz") == "field"
+    with pytest.raises(UserError, match=r"other.npz: .npz is neither .* it holds a"):
+        detect_type(tmp_path / "other.npz")
+
+    centre = np.array([3.0, -1.0, 0.5])
+    meshes = {}
+    for name in ("grid", "field"):
+        scene = build_scene([tmp_path / f"{name}.npz"], VisOptions(show="mesh"))
+        (mesh,) = scene.of_type(Mesh)
+        assert not scene.of_type(L) and not scene.notes  # a closed sphere: no boundary edges, no cubes
+        r = np.linalg.norm(mesh.vertices - centre, axis=1)
+        assert np.all(np.abs(r - 0.6) < 2.0 / 12)  # on the sphere, within a voxel, in input coordinates
+        meshes[name] = mesh.vertices[np.lexsort(mesh.vertices.T)]
+    assert np.allclose(meshes["grid"], meshes["field"], atol=1e-5)  # zero raw weights = plain DMC
+
+    scene = build_scene([tmp_path / "grid.npz"], VisOptions(show="cubes", max_cubes=50))
+    (lines,) = scene.of_type(L)
+    assert not scene.of_type(Mesh)
+    assert scene.notes == [f"{tmp_path / 'grid.npz'}: {grid.num_cubes} active cubes; drawing 50 of them (evenly "
+                           "spaced in storage order)"]
+    assert len(lines.segments) <= 50 * 12
+    everything = build_scene([tmp_path / "grid.npz"], VisOptions(show="both"))
+    assert len(everything.of_type(Mesh)) == 1 and not everything.notes
+    (all_lines,) = everything.of_type(L)
+    local = (all_lines.vertices - centre) / 2.0 * 12 + 6  # back to grid vertex indices
+    assert np.allclose(local, np.round(local), atol=1e-4)  # cube corners sit on the grid's vertices
+    expected_corners = {tuple(c) for c in (grid.cube_coords.numpy()[:, None] + np.array(
+        [[m & 1, (m >> 1) & 1, (m >> 2) & 1] for m in range(8)])[None]).reshape(-1, 3)}
+    assert {tuple(c) for c in np.round(local).astype(int)} == expected_corners
+
+
+def test_sparseflex_errors_and_run_folder(tmp_path: Path) -> None:
+    grid = _sphere_grid(tmp_path / "grid.npz")
+    _field_from_grid(grid, tmp_path / "bad.npz", beta=np.zeros((3, 12), np.float32))
+    with pytest.raises(UserError, match=r"bad.npz: beta must have shape \(\d+, 12\)"):
+        build_scene([tmp_path / "bad.npz"])
+    with pytest.raises(UserError, match="not a SparseSDFGrid file"):
+        build_scene([tmp_path / "bad.npz"], VisOptions(type="grid"))
+    with pytest.raises(UserError, match="missing entries deform"):
+        build_scene([tmp_path / "grid.npz"], VisOptions(type="field"))
+    with pytest.raises(UserError, match="--show"):
+        build_scene([tmp_path / "grid.npz"], VisOptions(show="voxels"))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _field_from_grid(grid, run / "field.npz")
+    vertices, faces = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32), np.array(
+        [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    (run / "mesh.ply").write_text("ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
+                                  "property float z\nelement face 4\nproperty list uchar int vertex_indices\n"
+                                  "end_header\n" + "".join(f"{a} {b} {c}\n" for a, b, c in vertices)
+                                  + "".join(f"3 {a} {b} {c}\n" for a, b, c in faces))
+    assert detect_type(run) == "run"
+    (mesh,) = build_scene([run]).of_type(Mesh)
+    assert np.allclose(np.sort(mesh.vertices, axis=0), np.sort(vertices, axis=0))
+
+
+def test_sparseflex_field_of_a_fit_run_gives_the_fits_own_mesh(tmp_path: Path) -> None:
+    from sparse3d.datasets.meshes import load_mesh_scene
+    from sparse3d.datasets.synth.fit_shapes import write_fit_shapes
+    from sparse3d.models.sparseflex.fit import SparseFlexFit
+
+    shape = write_fit_shapes(tmp_path / "shapes", ("sphere",))["sphere"]
+    scene = load_mesh_scene(shape, num_views=4, test_views=0, width=32, height=32)
+    fit = SparseFlexFit(resolution=16, max_init_points=1000)
+    fit.setup(scene.inputs, 3, mesh=scene.mesh, normalization=scene.normalization)
+    for step in range(3):  # trained weights and deformations: not the plain DMC surface any more
+        fit.training_step(step)
+    run = tmp_path / "run"
+    run.mkdir()
+    fit.export(run)
+    assert detect_type(run / "field.npz") == "field" and detect_type(run) == "run"
+    (mesh,) = build_scene([run / "field.npz"], VisOptions(show="mesh")).of_type(Mesh)
+    exported, _, _ = load_mesh(run / "mesh.ply")
+    ours = mesh.vertices[np.lexsort(mesh.vertices.T)]
+    assert ours.shape == exported.shape
+    assert np.allclose(ours, exported[np.lexsort(exported.T)], atol=1e-5)  # the input mesh's coordinates
+    (run_mesh,) = build_scene([run]).of_type(Mesh)  # the run folder shows the exported mesh.ply
+    assert np.allclose(np.sort(run_mesh.vertices, axis=0), np.sort(exported, axis=0))

@@ -1,0 +1,170 @@
+"""Pieces of CoherentGS: flow warping and its forward-backward consistency mask, DIS flow, the losses (layer-aware
+TV, multi-scale L1, flow loss), depth layers and fill, and the implicit decoder.
+
+Oracles: constructed flows whose consistent / occluded pixels are known exactly, an image shifted by a known
+amount, hand-computed loss values, slicing for integer warps, and finite checks of shapes and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparse3d.models.splatting.coherentgs import (
+    depth_layers,
+    fill_depth,
+    flow_loss,
+    layered_tv,
+    multiscale_l1,
+)
+from sparse3d.models.splatting.decoder import ImplicitDecoder, positional_encoding
+from sparse3d.models.splatting.flow import (
+    backward_warp,
+    consistency_mask,
+    consistency_weight,
+    dis_flow,
+    pairwise_flows,
+)
+
+
+def _const_flow(h: int, w: int, dx: float, dy: float = 0.0) -> torch.Tensor:
+    f = torch.zeros(h, w, 2)
+    f[..., 0], f[..., 1] = dx, dy
+    return f
+
+
+# ------------------------------------------------------------------------------------------------ warping
+def test_backward_warp_by_an_integer_shift_is_slicing() -> None:
+    src = torch.rand(1, 3, 10, 12)
+    warped, inside = backward_warp(src, _const_flow(10, 12, 2.0, 1.0)[None])
+    torch.testing.assert_close(warped[0, :, :9, :10], src[0, :, 1:, 2:])
+    assert bool(inside[0, :9, :10].all()) and not bool(inside[0, 9:].any()) and not bool(inside[0, :, 10:].any())
+
+
+def test_consistent_shift_is_valid_wherever_it_stays_in_the_image() -> None:
+    h, w, shift = 16, 32, 3.0
+    fwd, bwd = _const_flow(h, w, shift), _const_flow(h, w, -shift)
+    weight = consistency_weight(fwd, bwd)
+    inside = torch.zeros(h, w, dtype=torch.bool)
+    inside[:, : w - 3] = True  # x + 3 <= w - 0.5
+    assert torch.equal(weight[inside], torch.ones(int(inside.sum())))
+    assert torch.equal(weight[~inside], torch.zeros(int((~inside).sum())))
+    assert torch.equal(consistency_mask(fwd, bwd, erode=1), inside)
+    eroded = torch.zeros(h, w, dtype=torch.bool)
+    eroded[:, : w - 5] = True  # a 5x5 minimum filter eats 2 more columns
+    assert torch.equal(consistency_mask(fwd, bwd, erode=5), eroded)
+    # a consistent sub-pixel shift is consistent too (bilinear sampling of a constant field)
+    assert bool(consistency_mask(_const_flow(h, w, 1.5), _const_flow(h, w, -1.5), erode=1)[:, : w - 2].all())
+
+
+def test_occluded_region_is_invalid() -> None:
+    """A square moves 4 px right over a static background: the background strip it covers in image b has no
+    correspondence (F_ab = 0 there, but b's flow there points back by -4)."""
+    h, w = 28, 32
+    fab = torch.zeros(h, w, 2)
+    fab[10:18, 10:18, 0] = 4.0
+    fba = torch.zeros(h, w, 2)
+    fba[10:18, 14:22, 0] = -4.0
+    expected = torch.ones(h, w, dtype=torch.bool)
+    expected[10:18, 18:22] = False
+    assert torch.equal(consistency_mask(fab, fba, erode=1), expected)
+    weight = consistency_weight(fab, fba)
+    torch.testing.assert_close(weight[10:18, 18:22], torch.full((8, 4), math.exp(-2.0)))
+
+
+def test_mask_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="erode"):
+        consistency_mask(_const_flow(4, 4, 0), _const_flow(4, 4, 0), erode=4)
+    with pytest.raises(ValueError, match="flow_ab"):
+        consistency_weight(torch.zeros(4, 4, 3), _const_flow(4, 4, 0))
+
+
+def test_dis_flow_recovers_a_known_shift() -> None:
+    rng = np.random.default_rng(0)
+    base = torch.from_numpy(rng.random((60, 90, 3), dtype=np.float32))
+    base = torch.nn.functional.avg_pool2d(base.permute(2, 0, 1)[None], 3, 1, 1)[0].permute(1, 2, 0)  # some smoothness
+    a = base[:, 10:80]
+    b = base[:, 7:77]  # content of a appears 3 px to the right in b
+    flow = dis_flow(a, b)
+    assert flow.shape == (60, 70, 2) and flow.dtype == torch.float32
+    interior = flow[8:-8, 8:-8]
+    assert abs(float(interior[..., 0].median()) - 3.0) < 0.25 and abs(float(interior[..., 1].median())) < 0.25
+    flows, masks = pairwise_flows(torch.stack([a, b]))
+    assert torch.equal(flows[0, 1], flow) and bool(masks[0, 0].all())
+    assert float(masks[0, 1, 8:-8, 8:-8].float().mean()) > 0.9
+
+
+# ------------------------------------------------------------------------------------------------- losses
+def test_layered_tv_analytic_cases() -> None:
+    step = torch.ones(1, 4, 6)
+    step[:, :, 3:] = 2.0  # one jump of 1 between columns 2 and 3: mean |dx| = 1/5, dy = 0
+    layers = (step > 1.5).long()
+    assert float(layered_tv(step, None, 0.0)) == pytest.approx(1 / 5)
+    assert float(layered_tv(step, layers, 1.0)) == pytest.approx(0.0)
+    assert float(layered_tv(step, layers, 0.25)) == pytest.approx(0.75 / 5)
+    ramp = torch.arange(5.0)[None, :, None].expand(1, 5, 7) * 0.5  # rows rise by 0.5: TV = 0 + 0.5
+    assert float(layered_tv(ramp, torch.zeros(1, 5, 7, dtype=torch.long), 0.6)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="gamma"):
+        layered_tv(step, layers, 1.5)
+
+
+def test_multiscale_l1_of_a_constant_offset() -> None:
+    x = torch.rand(1, 32, 32, 3)
+    assert float(multiscale_l1(x + 0.1, x)) == pytest.approx(0.1 * (1 + 1 / 4 + 1 / 8 + 1 / 16 + 1 / 32), rel=1e-5)
+
+
+def test_flow_loss_is_the_masked_distance_of_corresponding_points() -> None:
+    xyz = torch.rand(2, 6, 8, 3)
+    flows = torch.zeros(2, 2, 6, 8, 2)
+    masks = torch.ones(2, 2, 6, 8, dtype=torch.bool)
+    assert float(flow_loss(xyz, flows, masks, 0)) == pytest.approx(float((xyz[1] - xyz[0]).abs().mean()))
+    # view 1 is view 0 shifted by one column; the flow says so: zero loss on the columns that match
+    xyz1 = torch.roll(xyz[:1], 1, dims=2)
+    flows[0, 1, ..., 0] = 1.0
+    masks[0, 1, :, 7] = False  # sample beyond the right edge
+    pair = torch.cat([xyz[:1], xyz1])
+    assert float(flow_loss(pair, flows, masks, 0)) == pytest.approx(0.0, abs=1e-7)
+    masks[0, 1] = False
+    assert float(flow_loss(xyz, flows, masks, 0)) == 0.0
+
+
+# --------------------------------------------------------------------------------------- pre-processing
+def test_depth_layers_order_far_to_near() -> None:
+    disp = torch.tensor([0.1, 0.5, 0.3, 0.9, 0.7]).repeat_interleave(20).reshape(10, 10)
+    labels = depth_layers(disp, 5)
+    for value, label in ((0.1, 0), (0.3, 1), (0.5, 2), (0.7, 3), (0.9, 4)):
+        assert bool((labels[disp == value] == label).all())
+
+
+def test_fill_depth_keeps_confident_depth_and_fills_the_rest() -> None:
+    depth = torch.full((16, 20), 7.0)
+    depth[:, 10:] = 123.0  # garbage where there is no evidence
+    conf = torch.zeros(16, 20)
+    conf[:, :10] = 1.0
+    filled = fill_depth(depth, conf)
+    torch.testing.assert_close(filled, torch.full((16, 20), 7.0))
+    torch.testing.assert_close(fill_depth(depth, torch.ones(16, 20)), depth)
+
+
+# ------------------------------------------------------------------------------------------------ decoder
+def test_positional_encoding_values() -> None:
+    enc = positional_encoding(torch.tensor([0.0, 0.5]), 3)
+    expected = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 0, 0, 0, -1, 1]], dtype=torch.float32)
+    torch.testing.assert_close(enc, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (37, 50), (75, 100), (48, 33)])
+def test_decoder_output_size_and_gradients(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    dec = ImplicitDecoder(3, size, ngf=2, out_channels=5)
+    out = dec()
+    assert out.shape == (3, 5, *size) and bool(torch.isfinite(out).all())
+    assert float(out.abs().max()) < 0.5  # N(0, 0.02) weights: offsets start near zero
+    if size != (1, 1):
+        assert not torch.allclose(out[0], out[1])  # the camera codes differ
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in dec.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
