@@ -6,6 +6,8 @@
   coarse band or a dense grid at low resolution loses.
 * ``cavity``: a ball with a concentric spherical **cavity** (the inner sphere's faces point into the cavity), seen
   only from cameras inside it; a fit must keep the cavity.
+* ``bracket``: a CAD-like part (an L-bracket with a stiffening rib, made of axis-aligned blocks and turned so its
+  sharp edges and flat faces are not aligned with the grid), for sharp features.
 * ``sphere``: a closed sphere, the sanity case.
 
 Every shape fits the box [-0.45, 0.45]³ and is a vertices float32 (V, 3), faces int64 (F, 3) pair,
@@ -22,7 +24,7 @@ import numpy as np
 
 from sparse3d.datasets.synth.shapes import signed_volume, torus_mesh
 
-__all__ = ["SHAPES", "cavity_mesh", "sheet_mesh", "sphere_mesh", "thin_ring_mesh", "write_fit_shapes"]
+__all__ = ["SHAPES", "block_mesh", "bracket_mesh", "cavity_mesh", "sheet_mesh", "sphere_mesh", "thin_ring_mesh", "write_fit_shapes"]
 
 Mesh = tuple[np.ndarray, np.ndarray]
 
@@ -94,11 +96,67 @@ def cavity_mesh(outer: float = 0.42, inner: float = 0.22) -> Mesh:
     return np.concatenate([vo, vi]), np.concatenate([fo, fi + len(vo)])
 
 
+def block_mesh(occupied: np.ndarray, cell: float) -> Mesh:
+    """The boundary of a union of cubic cells (``occupied`` (X, Y, Z) bool, cell size ``cell``, centred at the
+    origin): two triangles per cell face between a filled and an empty cell, vertices shared. Watertight and
+    manifold when no two filled cells touch along an edge or a corner only."""
+    occ = np.pad(np.asarray(occupied, dtype=bool), 1)
+    index: dict[tuple[int, int, int], int] = {}
+    verts: list[tuple[int, int, int]] = []
+    faces: list[tuple[int, int, int]] = []
+
+    def vid(c: tuple[int, int, int]) -> int:
+        if c not in index:
+            index[c] = len(verts)
+            verts.append(c)
+        return index[c]
+
+    for axis in range(3):
+        u, v = (axis + 1) % 3, (axis + 2) % 3
+        step = np.zeros(3, dtype=int)
+        step[axis] = 1
+        for cell_idx in zip(*np.nonzero(occ), strict=True):
+            for sign in (1, -1):
+                nb = np.asarray(cell_idx) + sign * step
+                if occ[tuple(nb)]:
+                    continue
+                base = np.asarray(cell_idx) + (step if sign > 0 else 0)
+                du, dv = np.eye(3, dtype=int)[u], np.eye(3, dtype=int)[v]
+                quad = [tuple(base), tuple(base + du), tuple(base + du + dv), tuple(base + dv)]
+                a, b, c, d = (vid(q) for q in quad)
+                # (u, v, axis) is right-handed: counter-clockwise in (u, v) faces +axis; flip for the -axis side
+                faces += [(a, b, c), (a, c, d)] if sign > 0 else [(a, c, b), (a, d, c)]
+    v = (np.asarray(verts, dtype=np.float64) - 1.0) * cell
+    v -= 0.5 * (v.min(0) + v.max(0))
+    f = np.asarray(faces, dtype=np.int64)
+    if signed_volume(v, f) < 0:
+        f = f[:, ::-1]
+    return v.astype(np.float32), np.ascontiguousarray(f)
+
+
+def bracket_mesh(size: float = 0.8, angles: tuple[float, float, float] = (0.35, 0.5, 0.2)) -> Mesh:
+    """An L-bracket with a rib (blocks on a 8 x 5 x 6 cell grid), ``size`` wide, turned by ``angles`` (radians
+    about x, y, z)."""
+    occ = np.zeros((8, 5, 6), dtype=bool)
+    occ[:, :, 0] = True          # base plate
+    occ[0, :, :] = True          # upright plate
+    occ[1:3, 2, 1:3] = True      # rib in the corner
+    occ[1, 2, 3] = True
+    v, f = block_mesh(occ, size / 8)
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return (v.astype(np.float64) @ (rz @ ry @ rx).T).astype(np.float32), f
+
+
 SHAPES: dict[str, Callable[[], Mesh]] = {
     "sphere": sphere_mesh,
     "sheet": sheet_mesh,
     "thin": thin_ring_mesh,
     "cavity": cavity_mesh,
+    "bracket": bracket_mesh,
 }
 """The generated test shapes by name."""
 

@@ -1,8 +1,8 @@
 """Triangle meshes: the :class:`TriangleMesh` type and file IO through trimesh.
 
 :func:`read_mesh` reads ``.obj .ply .off .glb .gltf .stl`` and :func:`write_mesh` writes ``.ply .obj .glb``. Both
-go through `trimesh <https://trimesh.org>`_ (the ``mesh`` extra: ``pip install 'sparse3d[mesh]'``), imported only
-when a file is read or written.
+go through `trimesh <https://trimesh.org>`_ (a dependency of sparse3d), imported only when a file is read or
+written.
 
 Conventions (the project's mesh convention): vertices float32 (V, 3), faces int64 (F, 3), counter-clockwise seen
 from outside = outward. Reading does no processing: vertices are neither merged nor reordered (OBJ files keep
@@ -45,7 +45,7 @@ PathLike = str | os.PathLike
 
 READ_EXTENSIONS: tuple[str, ...] = (".obj", ".ply", ".off", ".glb", ".gltf", ".stl")
 WRITE_EXTENSIONS: tuple[str, ...] = (".ply", ".obj", ".glb")
-_INSTALL_HINT = "pip install 'sparse3d[mesh]'"
+_INSTALL_HINT = "pip install 'trimesh>=4.0' (a dependency of sparse3d: reinstall it to get it back)"
 
 
 class MeshFileError(UserError, ValueError):
@@ -185,7 +185,7 @@ class TriangleMesh:
 
 # ----------------------------------------------------------------------------------------------- trimesh
 def _trimesh() -> Any:
-    """The trimesh module, or a one-line :class:`UserError` naming the extra that installs it."""
+    """The trimesh module, or a one-line :class:`UserError` saying how to install it."""
     try:
         import trimesh
     except ImportError:

@@ -37,8 +37,8 @@ def test_band_grid_is_refined_around_the_surface(fn, radius) -> None:
 def test_quick_suite_records() -> None:
     records = run_sparseflex_suite(repeats=1, quick=True, sizes={"extract": [32], "remesh": [32], "fit": []})
     names = sorted(r["name"] for r in records)
-    assert names == ["extract sphere", "extract torus", "remesh cavity", "remesh sheet", "remesh sphere",
-                     "remesh thin"]
+    assert names == ["extract sphere", "extract torus", "remesh bracket", "remesh cavity", "remesh sheet",
+                     "remesh sphere", "remesh thin"]
     for r in records:
         assert all(k in r for k in RECORD_FIELDS) and r["suite"] == "sparseflex" and r["ours_s"] > 0
     by = {r["name"]: r for r in records}
@@ -46,7 +46,7 @@ def test_quick_suite_records() -> None:
         row = by[f"extract {shape}"]
         assert row["torch_ref_s"] > 0 and row["faces"] > 0 and row["cubes"] > 0
     assert by["remesh sheet"]["input_open"] and by["remesh sheet"]["output_open"]
-    for shape in ("sphere", "cavity", "thin"):
+    for shape in ("sphere", "cavity", "thin", "bracket"):
         assert not by[f"remesh {shape}"]["input_open"] and not by[f"remesh {shape}"]["output_open"]
     assert by["remesh sphere"]["fscore@0.01"] > 0.99 and by["remesh cavity"]["fscore@0.01"] > 0.99
     assert np.isfinite(by["remesh sheet"]["chamfer_l1"])

@@ -49,7 +49,7 @@ DENSE_MAX_RES = 256
 PEER_MAX_RES = 512
 """Largest grid scikit-image marching cubes runs at (a dense float32 (R+1)³ volume)."""
 TARGETS = {256: "target ≤ 1 s", 1024: "target ≤ 15 s, ≤ 4 GB"}
-REMESH_SHAPES = ("sphere", "thin", "cavity", "sheet")
+REMESH_SHAPES = ("sphere", "thin", "cavity", "sheet", "bracket")
 FIT_SHAPES = ("sheet", "thin", "cavity")
 FIT_STEPS = 200
 SECTION_FIT_STEPS = 30
