@@ -72,60 +72,29 @@ def _write(
 
 
 @wp.kernel
-def _query_none_kernel(
+def _query_kernel(
     offset: int,
     mesh: wp.uint64,
     points: wp.array(dtype=wp.vec3),
     max_dist: float,
+    mode: int,
     dist: wp.array(dtype=wp.float32),
     face: wp.array(dtype=wp.int64),
     bary: wp.array(dtype=wp.vec3),
 ):
+    """Closest point of every query; ``mode`` indexes :data:`MODES` (0 winding, 1 normal, 2 none)."""
     i = wp.tid() + offset
     p = points[i]
-    q = wp.mesh_query_point_no_sign(mesh, p, max_dist)
-    _write(i, mesh, p, q.result, 1.0, q.face, q.u, q.v, dist, face, bary)
-
-
-@wp.kernel
-def _query_normal_kernel(
-    offset: int,
-    mesh: wp.uint64,
-    points: wp.array(dtype=wp.vec3),
-    max_dist: float,
-    dist: wp.array(dtype=wp.float32),
-    face: wp.array(dtype=wp.int64),
-    bary: wp.array(dtype=wp.vec3),
-):
-    i = wp.tid() + offset
-    p = points[i]
-    q = wp.mesh_query_point_sign_normal(mesh, p, max_dist)
+    if mode == 0:
+        q = wp.mesh_query_point_sign_winding_number(mesh, p, max_dist)
+    elif mode == 1:
+        q = wp.mesh_query_point_sign_normal(mesh, p, max_dist)
+    else:
+        q = wp.mesh_query_point_no_sign(mesh, p, max_dist)
     sign = 1.0
-    if q.sign < 0.0:
+    if mode != 2 and q.sign < 0.0:
         sign = -1.0
     _write(i, mesh, p, q.result, sign, q.face, q.u, q.v, dist, face, bary)
-
-
-@wp.kernel
-def _query_winding_kernel(
-    offset: int,
-    mesh: wp.uint64,
-    points: wp.array(dtype=wp.vec3),
-    max_dist: float,
-    dist: wp.array(dtype=wp.float32),
-    face: wp.array(dtype=wp.int64),
-    bary: wp.array(dtype=wp.vec3),
-):
-    i = wp.tid() + offset
-    p = points[i]
-    q = wp.mesh_query_point_sign_winding_number(mesh, p, max_dist)
-    sign = 1.0
-    if q.sign < 0.0:
-        sign = -1.0
-    _write(i, mesh, p, q.result, sign, q.face, q.u, q.v, dist, face, bary)
-
-
-_KERNELS = {"none": _query_none_kernel, "normal": _query_normal_kernel, "winding": _query_winding_kernel}
 
 
 @dataclass
@@ -210,9 +179,10 @@ class MeshDistance:
         bary = torch.empty((n, 3), dtype=torch.float32, device=pts.device)
         if n:
             launch(
-                _KERNELS[mode],
+                _query_kernel,
                 n,
-                [self._mesh.id, to_wp(pts, wp.vec3), float(max_distance), to_wp(dist), to_wp(face), to_wp(bary, wp.vec3)],
+                [self._mesh.id, to_wp(pts, wp.vec3), float(max_distance), MODES.index(mode), to_wp(dist), to_wp(face),
+                 to_wp(bary, wp.vec3)],
                 self.device,
                 min_split=SPLIT_MIN_POINTS,
             )

@@ -165,6 +165,9 @@ def write_fit_shapes(root: str | Path, names: tuple[str, ...] = tuple(SHAPES)) -
     """Write the shapes ``names`` as ``<root>/<name>.ply``; returns the paths by name."""
     from sparse3d.io.mesh import TriangleMesh, write_mesh
 
+    names = tuple(str(n) for n in names)
+    if not names:
+        raise ValueError(f"names must list at least one shape of {', '.join(SHAPES)}")
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
         raise ValueError(f"unknown shape(s) {unknown}; known: {', '.join(SHAPES)}")

@@ -1550,6 +1550,18 @@ add("cli_data", "out-dir-not-empty", _data(["llff", *_TINY], ["data_out"],
 add("cli_data", "lidar-out-dir-foreign-scans", _data(["lidar"], ["data_out"], pre=lambda p: (
     (p / "sequences" / "00" / "velodyne").mkdir(parents=True),
     (p / "sequences" / "00" / "velodyne" / "000000.bin").write_bytes(bytes(16)))))
+def _fit_shapes(names: str, needles: Sequence[str]) -> Make:
+    """``sparse3d-data fit_shapes`` with bad shape names: one line, nothing written."""
+    def make(ctx: Ctx) -> Cli:
+        target = ctx.tmp / "shapes_out"
+        return Cli("sparse3d-data", ["fit_shapes", f"generator.names={names}", f"out_dir={target}",
+                                     f"paths.output_root={ctx.tmp / 'runs'}"], needles, [target])
+
+    return make
+
+
+add("cli_data", "fit-shapes-unknown-name", _fit_shapes("[sphere,cube]", ["cube"]))
+add("cli_data", "fit-shapes-no-name", _fit_shapes("[]", ["at least one shape"]))
 add("cli_data", "out-dir-under-file", _data(["spare", "generator.width=32", "generator.height=24"], ["blocker"],
                                             out="blocker/sub", pre=lambda p: p.parent.write_text("x")))
 

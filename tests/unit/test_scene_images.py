@@ -61,7 +61,7 @@ class FlatMethod:
         return {"x": self.x.detach().clone()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
+        self.x = state["x"].clone().requires_grad_(True)
 
     def export(self, out_dir: Path) -> list[Path]:
         return []
