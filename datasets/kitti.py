@@ -22,9 +22,9 @@ OpenPCDet-based tools can read it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ from sparse3d.geometry.boxes import (
     observation_angle,
     wrap_angle,
 )
+from sparse3d.io.atomic import atomic_path
 from sparse3d.io.kitti import (
     DEFAULT_IMAGE_SHAPE,
     KittiCalib,
@@ -387,20 +388,10 @@ def build_info_cache(
             )
             infos[split] = list(bar)
 
-    target.mkdir(parents=True, exist_ok=True)
-    temporary: dict[str, Path] = {}
-    try:
+    with contextlib.ExitStack() as stack:  # every split's file is renamed into place only when all were written
         for split, path in outputs.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=target)
-            temporary[split] = Path(tmp)
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(infos[split], f, protocol=pickle.HIGHEST_PROTOCOL)
-    except BaseException:
-        for tmp_path in temporary.values():
-            tmp_path.unlink(missing_ok=True)
-        raise
-    for split, path in outputs.items():
-        os.replace(temporary[split], path)
+            tmp = stack.enter_context(atomic_path(path))
+            tmp.write_bytes(pickle.dumps(infos[split], protocol=pickle.HIGHEST_PROTOCOL))
     return target
 
 

@@ -8,8 +8,10 @@ Gaussians of :mod:`sparse3d.kernels.gaussian_projection` and the per-tile lists 
 :mod:`sparse3d.kernels.gaussian_tiles`; :func:`rasterize_to_pixels` is the differentiable entry point.
 
 * Records: everything compositing reads about a Gaussian (mean, conic, opacity, colour, depth, the pixel box of
-  its alpha >= 1/255 footprint) sits in one 64-byte row, since a tile's list visits Gaussians in random memory
-  order (:func:`_records_kernel`).
+  its alpha >= 1/255 footprint) sits in one 64-byte row (:func:`_records_kernel`), copied once per
+  intersection into the sorted intersection order (:func:`_gather_records_kernel`): a tile's list visits
+  Gaussians in random memory order, and this way the forward and the backward walk their records
+  sequentially.
 * Compositing: one thread per tile, reading the tile's depth-sorted list once. Each Gaussian touches only the
   tile rows of its box and, per row, the pixels inside its ellipse (an exact float64 span with a safety
   margin), so the work is proportional to the splats' footprints rather than to (list length x 256); per pixel
@@ -91,8 +93,8 @@ REC_BOX = wp.constant(8)  # x0, y0, x1, y1 (inclusive pixel box, as exact small 
 REC_COLOR = wp.constant(12)
 RECORD_ALIGN = 16
 """Per-Gaussian record: everything compositing reads about a Gaussian in one row of float32, padded to 16
-floats (one 64-byte cache line for <= 4 channels), so a tile's walk through its depth-sorted list costs one
-memory access per Gaussian rather than one per field (the list visits Gaussians in random memory order)."""
+floats (one 64-byte cache line for <= 4 channels), so that gathering it per intersection costs one memory
+access per Gaussian rather than one per field."""
 
 
 def record_width(n_ch: int) -> int:
@@ -169,6 +171,23 @@ def _records_kernel(
         records[i, REC_BOX + k] = float(box[k])
 
 
+_vec_record = wp.types.vector(length=RECORD_ALIGN, dtype=wp.float32)
+
+
+@wp.kernel
+def _gather_records_kernel(
+    offset: int,
+    records: wp.array2d(dtype=_vec_record),
+    flatten_ids: wp.array(dtype=wp.int32),
+    out: wp.array2d(dtype=_vec_record),
+):
+    """out[idx] = records[flatten_ids[idx]] (a record is ``records.shape[1]`` blocks of RECORD_ALIGN floats)."""
+    idx = wp.tid() + offset
+    g = int(flatten_ids[idx])
+    for j in range(records.shape[1]):
+        out[idx, j] = records[g, j]
+
+
 @wp.func
 def _tile_of(gtile: int, tile_size: int, tiles_x: int, n_tiles: int, width: int, height: int) -> wp.vec4i:
     """(first row, end row, first column, end column) of global tile ``gtile`` clipped to the image."""
@@ -181,31 +200,31 @@ def _tile_of(gtile: int, tile_size: int, tiles_x: int, n_tiles: int, width: int,
 
 
 @wp.func
-def _box_in_tile(records: wp.array2d(dtype=wp.float32), g: int, row0: int, row1: int, col0: int,
+def _box_in_tile(records: wp.array2d(dtype=wp.float32), r: int, row0: int, row1: int, col0: int,
                  col1: int) -> wp.vec4i:
-    """(first row, last row, first column, last column) of Gaussian ``g``'s pixel box inside the tile (rows
+    """(first row, last row, first column, last column) of record ``r``'s pixel box inside the tile (rows
     [row0, row1), columns [col0, col1)); empty when first > last."""
     return wp.vec4i(
-        wp.max(row0, int(records[g, REC_BOX + 1])), wp.min(row1 - 1, int(records[g, REC_BOX + 3])),
-        wp.max(col0, int(records[g, REC_BOX])), wp.min(col1 - 1, int(records[g, REC_BOX + 2])),
+        wp.max(row0, int(records[r, REC_BOX + 1])), wp.min(row1 - 1, int(records[r, REC_BOX + 3])),
+        wp.max(col0, int(records[r, REC_BOX])), wp.min(col1 - 1, int(records[r, REC_BOX + 2])),
     )
 
 
 @wp.func
-def _fwd_channel(k: int, pix: int, g: int, w: float, records: wp.array2d(dtype=wp.float32),
+def _fwd_channel(k: int, pix: int, idx: int, w: float, records: wp.array2d(dtype=wp.float32),
                  out_colors: wp.array2d(dtype=wp.float32)):
     """Channel ``k`` of one front-to-back step: out += colour * alpha * T."""
-    out_colors[pix, k] = out_colors[pix, k] + records[g, REC_COLOR + k] * w
+    out_colors[pix, k] = out_colors[pix, k] + records[idx, REC_COLOR + k] * w
 
 
 @wp.func
-def _bwd_channel(k: int, pix: int, idx: int, g: int, fac: float, trans: float, ra: float,
+def _bwd_channel(k: int, pix: int, idx: int, fac: float, trans: float, ra: float,
                  records: wp.array2d(dtype=wp.float32), v_out_colors: wp.array2d(dtype=wp.float32),
                  v_colors: wp.array2d(dtype=wp.float32), buffer: wp.array2d(dtype=wp.float32)) -> float:
     """Channel ``k`` of one back-to-front step: the colour gradient of intersection ``idx``, the running sum of
     the colours behind (``buffer``), and this channel's share of d(loss)/d(alpha)."""
     v_c = v_out_colors[pix, k]
-    c = records[g, REC_COLOR + k]
+    c = records[idx, REC_COLOR + k]
     v_colors[idx, k] = v_colors[idx, k] + fac * v_c
     v_alpha = (c * trans - buffer[pix, k] * ra) * v_c
     buffer[pix, k] = buffer[pix, k] + c * fac
@@ -217,7 +236,6 @@ def _raster_fwd_kernel(
     part: int,
     n_parts: int,
     records: wp.array2d(dtype=wp.float32),
-    flatten_ids: wp.array(dtype=wp.int32),
     n_ch: int,
     backgrounds: wp.array2d(dtype=wp.float32),
     use_bg: int,
@@ -272,18 +290,17 @@ def _raster_fwd_kernel(
         end = int(offsets[gtile + 1])
     active = (row1 - row0) * (col1 - col0)
     for idx in range(start, end):
-        g = int(flatten_ids[idx])
-        rc = _box_in_tile(records, g, row0, row1, col0, col1)
+        rc = _box_in_tile(records, idx, row0, row1, col0, col1)
         r0 = rc[0]
         r1 = rc[1]
         cl = rc[2]
         ch = rc[3]
         if r0 > r1 or cl > ch:
             continue
-        m = wp.vec2(records[g, REC_MEAN], records[g, REC_MEAN + 1])
-        q = wp.vec3(records[g, REC_CONIC], records[g, REC_CONIC + 1], records[g, REC_CONIC + 2])
-        o = records[g, REC_OPACITY]
-        s_max = records[g, REC_SIGMA_MAX]
+        m = wp.vec2(records[idx, REC_MEAN], records[idx, REC_MEAN + 1])
+        q = wp.vec3(records[idx, REC_CONIC], records[idx, REC_CONIC + 1], records[idx, REC_CONIC + 2])
+        o = records[idx, REC_OPACITY]
+        s_max = records[idx, REC_SIGMA_MAX]
         for row in range(r0, r1 + 1):
             if row_left[rbase + row] == 0:
                 continue
@@ -320,12 +337,12 @@ def _raster_fwd_kernel(
                 if n_ch <= LOCAL_CH:
                     for k in range(LOCAL_CH):  # constant bound: unrolled (see LOCAL_CH)
                         if k < n_ch:
-                            _fwd_channel(k, pix, g, w, records, out_colors)
+                            _fwd_channel(k, pix, idx, w, records, out_colors)
                 else:
                     for k in range(n_ch):
-                        _fwd_channel(k, pix, g, w, records, out_colors)
+                        _fwd_channel(k, pix, idx, w, records, out_colors)
                 if trans > 0.5 and next_t <= 0.5:
-                    median[pix] = records[g, REC_DEPTH]
+                    median[pix] = records[idx, REC_DEPTH]
                 out_trans[pix] = next_t
                 last_ids[pix] = idx
         if active == 0:
@@ -346,7 +363,6 @@ def _raster_bwd_kernel(
     part: int,
     n_parts: int,
     records: wp.array2d(dtype=wp.float32),
-    flatten_ids: wp.array(dtype=wp.int32),
     n_ch: int,
     backgrounds: wp.array2d(dtype=wp.float32),
     use_bg: int,
@@ -429,18 +445,17 @@ def _raster_bwd_kernel(
         return
     for r in range(tile_last - start + 1):
         idx = tile_last - r
-        g = int(flatten_ids[idx])
-        rc = _box_in_tile(records, g, row0, row1, col0, col1)
+        rc = _box_in_tile(records, idx, row0, row1, col0, col1)
         r0 = rc[0]
         r1 = rc[1]
         cl = rc[2]
         ch = rc[3]
         if r0 > r1 or cl > ch:
             continue
-        m = wp.vec2(records[g, REC_MEAN], records[g, REC_MEAN + 1])
-        q = wp.vec3(records[g, REC_CONIC], records[g, REC_CONIC + 1], records[g, REC_CONIC + 2])
-        o = records[g, REC_OPACITY]
-        s_max = records[g, REC_SIGMA_MAX]
+        m = wp.vec2(records[idx, REC_MEAN], records[idx, REC_MEAN + 1])
+        q = wp.vec3(records[idx, REC_CONIC], records[idx, REC_CONIC + 1], records[idx, REC_CONIC + 2])
+        o = records[idx, REC_OPACITY]
+        s_max = records[idx, REC_SIGMA_MAX]
         acc_xy = wp.vec2(0.0, 0.0)
         acc_abs = wp.vec2(0.0, 0.0)
         acc_q = wp.vec3(0.0, 0.0, 0.0)
@@ -479,11 +494,11 @@ def _raster_bwd_kernel(
                 if n_ch <= LOCAL_CH:
                     for k in range(LOCAL_CH):
                         if k < n_ch:
-                            v_alpha += _bwd_channel(k, pix, idx, g, fac, trans, ra, records, v_out_colors, v_colors,
+                            v_alpha += _bwd_channel(k, pix, idx, fac, trans, ra, records, v_out_colors, v_colors,
                                                     buffer)
                 else:
                     for k in range(n_ch):
-                        v_alpha += _bwd_channel(k, pix, idx, g, fac, trans, ra, records, v_out_colors, v_colors,
+                        v_alpha += _bwd_channel(k, pix, idx, fac, trans, ra, records, v_out_colors, v_colors,
                                                 buffer)
                 v_alpha += ra * v_final[pix]
                 if o * vis <= ALPHA_MAX:
@@ -508,7 +523,7 @@ class RasterOutputs(NamedTuple):
     transmittance: torch.Tensor  # (C, H, W) final T (kept separately: 1 - alpha loses precision near T = 0)
     last_ids: torch.Tensor  # (C, H, W) int32 index of the last contributing intersection, -1 if none
     median_depths: torch.Tensor  # (C, H, W, 1)
-    records: torch.Tensor  # (C * N, record_width) per-Gaussian records; pass to the backward to skip rebuilding
+    records: torch.Tensor  # (M, record_width) records in intersection order; pass to the backward to skip rebuilding
 
 
 def _build_records(
@@ -519,15 +534,22 @@ def _build_records(
     depths: torch.Tensor | None,
     width: int,
     height: int,
+    flatten_ids: torch.Tensor,
     shape: tuple[int, int],
 ) -> torch.Tensor:
-    """Every Gaussian's compositing record (:func:`_records_kernel`); depth 0 when ``depths`` is None."""
+    """The compositing record (:func:`_records_kernel`) of every intersection, in the sorted intersection order
+    (row ``idx`` is that of Gaussian ``flatten_ids[idx]``); depth 0 when ``depths`` is None.
+
+    Built once per Gaussian, then copied per intersection by :func:`_gather_records_kernel`: a tile's walk then
+    reads its records sequentially instead of jumping to random Gaussians (one cache miss per list entry,
+    which the compositing loop cannot hide), and the copy's independent loads overlap each other.
+    """
     dev = means2d.device
-    records = torch.empty(shape, dtype=torch.float32, device=dev)
+    records = torch.empty(means2d.shape[0] * means2d.shape[1], shape[1], dtype=torch.float32, device=dev)
     d = depths if depths is not None else torch.zeros(1, dtype=torch.float32, device=dev)
     n_ch = colors.shape[-1]
     launch(
-        _records_kernel, shape[0],
+        _records_kernel, records.shape[0],
         [to_wp(means2d.detach().reshape(-1, 2).contiguous(), wp.vec2),
          to_wp(conics.detach().reshape(-1, 3).contiguous(), wp.vec3),
          to_wp(opacities.detach().reshape(-1).contiguous()), to_wp(d.detach().reshape(-1).contiguous()),
@@ -535,7 +557,15 @@ def _build_records(
          to_wp(records)],
         wp_device(means2d),
     )
-    return records
+    out = torch.empty(shape, dtype=torch.float32, device=dev)
+    if shape[0]:
+        launch(
+            _gather_records_kernel, shape[0],
+            [to_wp(records.view(records.shape[0], -1, RECORD_ALIGN), _vec_record),
+             to_wp(flatten_ids.contiguous()), to_wp(out.view(shape[0], -1, RECORD_ALIGN), _vec_record)],
+            wp_device(means2d),
+        )
+    return out
 
 
 def _prep(
@@ -551,7 +581,7 @@ def _prep(
     height: int,
     records: torch.Tensor | None = None,
 ) -> dict:
-    """Validate the compositing inputs and build every Gaussian's record (:func:`_records_kernel`)."""
+    """Validate the compositing inputs and build the records in intersection order (:func:`_build_records`)."""
     c_n, n = check_projected(means2d, conics=conics, colors=colors, opacities=opacities, depths=depths)
     check_tensor("conics", conics, torch.float32, ndim=3, last_dim=3)
     check_tensor("colors", colors, torch.float32, ndim=3)
@@ -574,20 +604,20 @@ def _prep(
     else:
         bg = torch.zeros(1, n_ch, dtype=torch.float32, device=dev)
     wdev = wp_device(means2d)
-    shape = (c_n * n, record_width(n_ch))
+    shape = (flatten_ids.shape[0], record_width(n_ch))
     if records is not None:  # built by the forward pass of the same inputs
         check_tensor("records", records, torch.float32, ndim=2)
         if tuple(records.shape) != shape:
             raise ValueError(f"records must have shape {shape}, got {tuple(records.shape)}")
     else:
-        records = _build_records(means2d, conics, colors, opacities, depths, width, height, shape)
+        records = _build_records(means2d, conics, colors, opacities, depths, width, height, flatten_ids, shape)
     tiles_y, tiles_x = isect_offsets.shape[1], isect_offsets.shape[2]
     dim = c_n * tiles_y * tiles_x  # one thread per tile
     return {
         "c_n": c_n,
         "n": n,
         "n_ch": n_ch,
-        "gaussians": [to_wp(records), to_wp(flatten_ids.contiguous()), n_ch],
+        "gaussians": [to_wp(records), n_ch],
         "records": records,  # the tensor behind the Warp view
         "n_isects": flatten_ids.shape[0],
         "bg": to_wp(bg),

@@ -42,6 +42,7 @@ wp.set_module_options({"enable_backward": False, "optimization_level": 3})
 ALPHA_MIN = wp.constant(1.0 / 255.0)
 EXTENT_MAX = wp.constant(3.33)
 FOV_MARGIN = wp.constant(0.3)
+INF32 = wp.constant(float("inf"))
 
 
 @wp.func
@@ -334,6 +335,75 @@ def _project_bwd_kernel(
     # q / |q|: the tangential part of the gradient, divided by |q|
     qlen = wp.max(wp.length(quats[i]), 1.0e-12)
     v_quats[i] = (g_qn - qn * wp.dot(qn, g_qn)) / qlen
+
+
+@wp.kernel
+def _first_bad_kernel(
+    offset: int,
+    means: wp.array2d(dtype=wp.float32),
+    quats: wp.array2d(dtype=wp.float32),
+    scales: wp.array2d(dtype=wp.float32),
+    opacities: wp.array(dtype=wp.float32),
+    colors: wp.array2d(dtype=wp.float32),
+    codes: wp.array(dtype=wp.int32),
+):
+    """codes[i] = index of the first of (means, quats, scales, opacities, colors) whose row i breaks its rule
+    (see :func:`first_bad_gaussian_argument`), or 5 when none does. NaN fails every comparison."""
+    i = wp.tid() + offset
+    code = wp.int32(5)
+    for k in range(colors.shape[1]):
+        x = colors[i, k]
+        if not (x > -INF32 and x < INF32):
+            code = 4
+    o = opacities[i]
+    if not (o >= 0.0 and o <= 1.0):
+        code = 3
+    for k in range(3):
+        x = scales[i, k]
+        if not (x > 0.0 and x < INF32):
+            code = 2
+    q_size = wp.float32(0.0)
+    q_nan = wp.int32(0)
+    for k in range(4):
+        x = wp.abs(quats[i, k])
+        if not (x == x):
+            q_nan = 1
+        q_size = wp.max(q_size, x)
+    if q_nan != 0 or not (q_size > 0.0 and q_size < INF32):
+        code = 1
+    for k in range(3):
+        x = means[i, k]
+        if not (x > -INF32 and x < INF32):
+            code = 0
+    codes[i] = code
+
+
+GAUSSIAN_ARGUMENTS = ("means", "quats", "scales", "opacities", "colors")
+
+
+def first_bad_gaussian_argument(
+    means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor, colors: torch.Tensor
+) -> str | None:
+    """Name of the first per-Gaussian argument with an invalid value, or None when all are valid.
+
+    The rules: finite means and colours; quaternions finite with a non-zero largest |component|; finite scales
+    > 0; opacities in [0, 1]. One pass over the Gaussians (split over the CPU cores) and one host
+    synchronisation: torch's per-argument reductions cost several passes and run on one thread. Shapes are the
+    caller's to check (N rows each; colours may have any trailing shape).
+    """
+    n = means.shape[0]
+    if n == 0:
+        return None
+    codes = torch.empty(n, dtype=torch.int32, device=means.device)
+    launch(
+        _first_bad_kernel, n,
+        [to_wp(means.detach().contiguous()), to_wp(quats.detach().contiguous()),
+         to_wp(scales.detach().contiguous()), to_wp(opacities.detach().contiguous()),
+         to_wp(colors.detach().reshape(n, -1).contiguous()), to_wp(codes)],
+        wp_device(means),
+    )
+    first = int(codes.min())
+    return GAUSSIAN_ARGUMENTS[first] if first < len(GAUSSIAN_ARGUMENTS) else None
 
 
 # ------------------------------------------------------------------------------------------ torch API

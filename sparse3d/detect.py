@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from sparse3d.datasets.kitti import detections_to_objects, fov_mask, read_split
+from sparse3d.io.atomic import atomic_write, atomic_write_json
 from sparse3d.io.kitti import (
     DEFAULT_IMAGE_SHAPE,
     KittiCalib,
@@ -39,7 +40,6 @@ from sparse3d.io.kitti import (
     write_label,
 )
 from sparse3d.io.pointcloud import read_point_cloud
-from sparse3d.train.checkpoint import atomic_write, atomic_write_json
 from sparse3d.train.evaluators import load_trained_model
 from sparse3d.utils.device import resolve_device
 from sparse3d.utils.errors import UserError

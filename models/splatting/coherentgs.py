@@ -18,7 +18,14 @@ independent of the scene's units.
 Pre-processing (in ``setup``, deterministic): a depth prior (default
 :class:`~sparse3d.models.splatting.depth_priors.PlaneSweepDepthPrior`); metric depth is blended with a
 push-pull fill where its confidence is low and median-filtered; relative disparity (Depth Anything) becomes
-``z_ref / (disp / max(disp) + 0.2)`` as in the paper. Depth layers: 1-D k-means of each view's disparity into
+``z_ref / (disp / max(disp) + 0.2)`` as in the paper. Optional ``support_plane`` (our addition for tabletop scenes
+such as SpaRe/DTU, where the object stands on a textureless platform that stereo cannot match and the push-pull
+fill would scatter platform Gaussians in front of the object in other views): a plane is fitted by RANSAC to the
+confident stereo points (:func:`fit_support_plane`: cameras on one side, few points behind it); its confident
+inliers and the low-confidence pixels whose plane point is photo-consistent with another input view
+(:func:`photo_consistent`) take the plane's depth, the remaining pixels are push-pull filled from the other
+confident pixels only (so an object's textureless parts are filled from the object, not the floor), and every
+depth is clamped to lie in front of the plane (nothing visible lies behind a support plane). Depth layers: 1-D k-means of each view's disparity into
 ``num_layers`` bins (the paper uses agglomerative clustering). Flow: OpenCV DIS between every ordered pair of
 input views with the forward-backward consistency mask (:mod:`sparse3d.models.splatting.flow`).
 
@@ -59,7 +66,8 @@ from sparse3d.models.splatting.losses import photometric_loss
 from sparse3d.views import PosedImages
 
 __all__ = ["CoherentGS", "layered_tv", "flow_loss", "multiscale_l1", "depth_layers", "fill_depth",
-           "BASE_OPACITY", "XYZ_NGF", "OPACITY_NGF"]
+           "fit_support_plane", "plane_depth", "photo_consistent", "BASE_OPACITY", "XYZ_NGF", "OPACITY_NGF",
+           "SUPPORT_PLANE_DEFAULTS"]
 
 log = logging.getLogger("sparse3d.models.splatting.coherentgs")
 
@@ -69,6 +77,9 @@ XYZ_NGF: dict[int, int] = {2: 10, 3: 15, 4: 18}
 OPACITY_NGF: dict[int, int] = {2: 6, 3: 10, 4: 12}
 ML1_WEIGHTS: tuple[float, ...] = (1.0, 1 / 4, 1 / 8, 1 / 16, 1 / 32)
 TIMING_KEYS: tuple[str, ...] = ("decoder", "rasterizer", "losses", "update")
+SUPPORT_PLANE_DEFAULTS: dict[str, Any] = {"inlier_tol": 0.01, "min_confidence": 0.5, "photo_tol": 0.04,
+                                          "iterations": 256, "min_inliers": 50}
+"""Defaults of the ``support_plane`` option (see :class:`CoherentGS`)."""
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -177,6 +188,101 @@ def depth_layers(disparity: torch.Tensor, num_layers: int = 5, iters: int = 20) 
     return labels.reshape(disparity.shape)
 
 
+def fit_support_plane(points: torch.Tensor, centres: torch.Tensor, inlier_tol: float, iterations: int = 256,
+                      min_inliers: int = 50, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The dominant *support* plane of (N, 3) ``points`` seen from cameras at (V, 3) ``centres``: ``(a, b, c, d)``
+    with unit normal ``(a, b, c)`` facing the cameras (``n . x + d > 0`` at every centre), or None.
+
+    RANSAC over 3-point planes that have every camera on one side; a plane scores its inliers
+    (``|n . x + d| <= inlier_tol``) minus twice the points farther than ``inlier_tol`` behind it (a support plane
+    has nothing visible behind it, so an object's side face loses to the floor it stands on). The winner is
+    re-fitted by least squares (SVD) to its inliers; None when it has fewer than ``min_inliers``.
+    """
+    if points.dim() != 2 or points.shape[-1] != 3 or centres.dim() != 2 or centres.shape[-1] != 3:
+        raise ValueError(f"points (N, 3) and centres (V, 3) expected, got {tuple(points.shape)}, {tuple(centres.shape)}")
+    x = points.double()
+    c = centres.double()
+    n_pts = x.shape[0]
+    if n_pts < max(3, min_inliers):
+        return None
+    picks = torch.randint(n_pts, (int(iterations), 3), generator=generator)
+    a, b, cc = x[picks[:, 0]], x[picks[:, 1]], x[picks[:, 2]]
+    normal = torch.linalg.cross(b - a, cc - a)
+    length = normal.norm(dim=-1, keepdim=True)
+    ok = length[:, 0] > 1e-12
+    normal = normal / length.clamp_min(1e-12)
+    d = -(normal * a).sum(-1)
+    side = c @ normal.T + d  # (V, iterations)
+    flip = torch.where(side[0] < 0, -1.0, 1.0).to(x)
+    normal, d, side = normal * flip[:, None], d * flip, side * flip
+    ok &= (side > 0).all(0)
+    dist = x @ normal.T + d  # (N, iterations)
+    score = (dist.abs() <= inlier_tol).sum(0) - 2 * (dist < -inlier_tol).sum(0)
+    score = torch.where(ok, score, torch.full_like(score, -(n_pts * 3) - 1))
+    best = int(score.argmax())
+    if not bool(ok[best]):
+        return None
+    inliers = x[dist[:, best].abs() <= inlier_tol]
+    if inliers.shape[0] < max(3, min_inliers):
+        return None
+    mean = inliers.mean(0)
+    normal_ls = torch.linalg.svd(inliers - mean, full_matrices=False).Vh[-1]
+    d_ls = -float(normal_ls @ mean)
+    if float((c @ normal_ls + d_ls).min()) < 0 and float((c @ normal_ls + d_ls).max()) <= 0:
+        normal_ls, d_ls = -normal_ls, -d_ls
+    if not bool(((c @ normal_ls + d_ls) > 0).all()):  # the refit tilted through a camera: keep the sample plane
+        normal_ls, d_ls = normal[best], float(d[best])
+    return torch.cat([normal_ls, torch.tensor([d_ls], dtype=torch.float64)]).float()
+
+
+def plane_depth(plane: torch.Tensor, centres: torch.Tensor, rays: torch.Tensor) -> torch.Tensor:
+    """(V, H, W) camera-z depth where the rays ``centres[v] + z * rays[v, i, j]`` ((V, 3) and (V, H, W, 3), rays
+    scaled to camera z = 1) meet ``plane`` ``(a, b, c, d)``; 0 where they do not meet it in front of the camera."""
+    n, d = plane[:3].double(), float(plane[3])
+    num = -(centres.double() @ n + d)  # (V,)
+    den = rays.double() @ n  # (V, H, W)
+    z = num[:, None, None] / torch.where(den.abs() > 1e-12, den, torch.full_like(den, 1e-12))
+    return torch.where((z > 0) & (den.abs() > 1e-12), z, torch.zeros_like(z)).float()
+
+
+def photo_consistent(images: torch.Tensor, cameras: Cameras, centres: torch.Tensor, rays: torch.Tensor,
+                     depth: torch.Tensor, tol: float) -> torch.Tensor:
+    """(V, H, W) bool: the point at ``depth`` on each pixel's ray (``centres``, ``rays`` as :func:`plane_depth`)
+    has, in at least one other view that sees it in front of the camera and inside the image, a 3x3-mean colour
+    within ``tol`` (mean absolute difference over channels) of the pixel's own 3x3-mean colour; also True where
+    no other view sees the point (no evidence against it), False where ``depth <= 0``."""
+    v_n, h, w, _ = images.shape
+    blur = F.avg_pool2d(images.permute(0, 3, 1, 2).float(), 3, stride=1, padding=1, count_include_pad=False)
+    world = centres[:, None, None, :].double() + depth[..., None].double() * rays.double()
+    agree = torch.zeros(v_n, h, w, dtype=torch.bool)
+    seen = torch.zeros(v_n, h, w, dtype=torch.bool)
+    cams = cameras.to("cpu")
+    for v in range(v_n):
+        for u in range(v_n):
+            if u == v:
+                continue
+            uv, zu = cams[u].project(world[v].reshape(-1, 3))
+            uv, zu = uv[0].reshape(h, w, 2), zu[0].reshape(h, w)
+            inside = (zu > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= w) & (uv[..., 1] >= 0) & (uv[..., 1] <= h)
+            grid = torch.stack([uv[..., 0] / w * 2 - 1, uv[..., 1] / h * 2 - 1], -1).float()
+            sample = F.grid_sample(blur[u : u + 1], grid[None], mode="bilinear", padding_mode="border",
+                                   align_corners=False)[0]
+            diff = (sample - blur[v]).abs().mean(0)
+            seen[v] |= inside
+            agree[v] |= inside & (diff <= tol)
+    return (agree | ~seen) & (depth > 0)
+
+
+def _world_rays(K: torch.Tensor, viewmat: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """(V, len(ys), len(xs), 3) float64 world offsets of one unit of camera z along the rays through pixel
+    coordinates ``xs`` x ``ys`` (pixel centres at +0.5) of cameras ``K`` (V, 3, 3), ``viewmat`` (V, 4, 4)."""
+    uu, vv = torch.meshgrid(xs.double(), ys.double(), indexing="xy")
+    cam_dirs = torch.stack([(uu[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None],
+                            (vv[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None],
+                            torch.ones(len(K), *uu.shape, dtype=torch.float64)], dim=-1)
+    return torch.einsum("vji,vhwj->vhwi", viewmat[:, :3, :3].double(), cam_dirs)  # R^T d
+
+
 def _median5(depth: torch.Tensor) -> torch.Tensor:
     import cv2
 
@@ -223,6 +329,11 @@ class CoherentGS:
             view, and without depth evidence they only occlude other views (e.g. SpaRe's black box).
         depth_prior: a depth-prior callable (``PosedImages -> DepthPriorMaps``); None: plane sweep.
         flow_preset: OpenCV DIS preset (``ultrafast``, ``fast``, ``medium``); ``flow_erode``: consistency erosion.
+        support_plane: None (the paper) or options of the support-plane completion of a metric prior (module
+            docstring; keys and defaults :data:`SUPPORT_PLANE_DEFAULTS`): ``inlier_tol`` (RANSAC inlier distance
+            as a fraction of the median confident depth), ``min_confidence`` (stereo confidence of the points
+            fitted), ``photo_tol`` (colour tolerance of the photo-consistency check), ``iterations``,
+            ``min_inliers``.
     """
 
     def __init__(
@@ -262,6 +373,7 @@ class CoherentGS:
         flow_preset: str = "medium",
         flow_erode: int = 5,
         background_tol: float | None = None,
+        support_plane: Mapping[str, Any] | None = None,
     ) -> None:
         if default_steps < 0 or align_steps < 0 or stride < 1 or decoder_downsample < 1 or num_layers < 1:
             raise ValueError("default_steps, align_steps >= 0 and stride, decoder_downsample, num_layers >= 1 are "
@@ -302,6 +414,16 @@ class CoherentGS:
         if background_tol is not None and not background_tol >= 0:
             raise ValueError(f"background_tol must be >= 0 or null, got {background_tol}")
         self.background_tol = None if background_tol is None else float(background_tol)
+        unknown = set(support_plane or {}) - set(SUPPORT_PLANE_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown support_plane keys {sorted(unknown)}; expected {sorted(SUPPORT_PLANE_DEFAULTS)}")
+        self.support_plane = None if support_plane is None else {**SUPPORT_PLANE_DEFAULTS, **dict(support_plane)}
+        if self.support_plane is not None:
+            sp = self.support_plane
+            if not (sp["inlier_tol"] > 0 and 0 <= sp["min_confidence"] <= 1 and sp["photo_tol"] >= 0
+                    and int(sp["iterations"]) >= 1 and int(sp["min_inliers"]) >= 3):
+                raise ValueError(f"support_plane needs inlier_tol > 0, min_confidence in [0, 1], photo_tol >= 0, "
+                                 f"iterations >= 1, min_inliers >= 3; got {sp}")
         self.views: PosedImages | None = None
         self.max_steps = 0
         self.step = 0
@@ -321,10 +443,25 @@ class CoherentGS:
         self.align_total = min(self.align_steps, self.max_steps // 2)
         self.main_total = max(1, self.max_steps - self.align_total)
 
+        K = views.cameras.K.double().cpu()
+        vm = views.cameras.viewmat.double().cpu()
+        centres = -torch.einsum("vji,vj->vi", vm[:, :3, :3], vm[:, :3, 3])
+
         # --- depth prior -> initial depth (full resolution), reference scale, depth layers
         prior = (self.depth_prior or PlaneSweepDepthPrior())(views)
+        self.info = {}
         if prior.kind == "depth":
-            depth = torch.stack([_median5(fill_depth(prior.values[i], prior.confidence[i])) for i in range(v)])
+            values, conf = prior.values.float().cpu(), prior.confidence.float().cpu().clamp(0.0, 1.0)
+            plane = self._support_plane_prior(views, values, conf, K, vm, centres) if self.support_plane else None
+            if plane is None:
+                depth = torch.stack([_median5(fill_depth(values[i], conf[i])) for i in range(v)])
+            else:  # plane pixels take the plane's depth; the rest is filled from the other confident pixels only
+                on_plane, plane_z = plane
+                src = torch.where(on_plane, torch.zeros_like(conf), conf)
+                filled = torch.stack([fill_depth(values[i], src[i]) for i in range(v)])
+                depth = torch.stack([_median5(d) for d in torch.where(on_plane, plane_z, filled)])
+                limit = plane_z * (1.0 + self.support_plane["inlier_tol"])
+                depth = torch.where(plane_z > 0, torch.minimum(depth, limit), depth)  # nothing lies behind it
             depth = depth.clamp_min(1e-3 * float(depth.median().clamp_min(1e-6)))
         else:
             disp = prior.values.float().clamp_min(0)
@@ -339,14 +476,7 @@ class CoherentGS:
         self.grid = (hg, wg)
         ys = torch.arange(hg, dtype=torch.float64) * s + torch.clamp(h - torch.arange(hg) * s, max=s).double() / 2
         xs = torch.arange(wg, dtype=torch.float64) * s + torch.clamp(w - torch.arange(wg) * s, max=s).double() / 2
-        uu, vv = torch.meshgrid(xs, ys, indexing="xy")
-        K = views.cameras.K.double().cpu()
-        vm = views.cameras.viewmat.double().cpu()
-        cam_dirs = torch.stack([(uu[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None],
-                                (vv[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None],
-                                torch.ones(v, hg, wg, dtype=torch.float64)], dim=-1)  # (V, hg, wg, 3), z = 1
-        rays = torch.einsum("vji,vhwj->vhwi", vm[:, :3, :3], cam_dirs)  # R^T d: camera z-depth -> world offset
-        centres = -torch.einsum("vji,vj->vi", vm[:, :3, :3], vm[:, :3, 3])
+        rays = _world_rays(K, vm, xs, ys)
         self.rays = rays.float().to(device)
         self.centres = centres.float().to(device)
         self.focal_y = K[:, 1, 1].float().to(device)
@@ -366,11 +496,11 @@ class CoherentGS:
         self.flows = (_pool_mean(fl, s) / s).permute(0, 2, 3, 1).reshape(v, v, hg, wg, 2).contiguous().to(device)
         self.flow_masks = (_pool_min(masks.reshape(v * v, 1, h, w).float(), s) > 0.5).reshape(v, v, hg, wg).to(device)
         off = ~torch.eye(v, dtype=torch.bool)
-        self.info = {
+        self.info.update({
             "num_gaussians": int(self.active.sum()), "grid_gaussians": v * hg * wg, "grid": [hg, wg], "stride": s, "z_ref": self.z_ref,
             "prior_kind": prior.kind, "prior_confident_fraction": float((prior.confidence > 0.5).float().mean()),
             "flow_valid_fraction": float(masks[off].float().mean()) if v > 1 else 0.0,
-        }
+        })
 
         # --- parameters
         n = v * hg * wg
@@ -392,6 +522,35 @@ class CoherentGS:
         self.align_scale = torch.ones(v, device=device, requires_grad=True)
         self.align_shift = torch.zeros(v, device=device, requires_grad=True)
         self._make_optimizers()
+
+    def _support_plane_prior(self, views: PosedImages, values: torch.Tensor, conf: torch.Tensor, K: torch.Tensor,
+                             vm: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The scene's support plane in the input views (module docstring, ``support_plane``): (V, H, W) bool
+        pixels that lie on it and (V, H, W) its depth (0 where a ray misses it); None when no plane is found."""
+        cfg = self.support_plane
+        assert cfg is not None
+        v, h, w = values.shape
+        rays = _world_rays(K, vm, torch.arange(w, dtype=torch.float64) + 0.5, torch.arange(h, dtype=torch.float64) + 0.5)
+        sure = (conf >= cfg["min_confidence"]) & (values > 0)
+        if int(sure.sum()) < 3:
+            self.info["support_plane"] = None
+            return None
+        z_sure = float(values[sure].median())
+        pts = (centres[:, None, None, :] + values[..., None].double() * rays)[sure]
+        gen = torch.Generator().manual_seed(0)
+        plane = fit_support_plane(pts, centres, cfg["inlier_tol"] * z_sure, int(cfg["iterations"]),
+                                  int(cfg["min_inliers"]), gen)
+        if plane is None:
+            self.info["support_plane"] = None
+            return None
+        pz = plane_depth(plane, centres, rays)
+        ok = photo_consistent(views.images.detach().float().cpu(), views.cameras, centres, rays, pz,
+                              float(cfg["photo_tol"]))
+        inlier = sure & ((values - pz).abs() <= cfg["inlier_tol"] * pz)
+        on_plane = (inlier | (ok & ~sure)) & (pz > 0)
+        self.info["support_plane"] = [float(x) for x in plane]
+        self.info["support_plane_fraction"] = float(on_plane.float().mean())
+        return on_plane, pz
 
     def _make_optimizers(self) -> None:
         self.gauss_opt = torch.optim.Adam([

@@ -57,6 +57,7 @@ __all__ = [
     "DensifySchedule",
     "DefaultDensification",
     "scale_schedule",
+    "append",
     "duplicate",
     "split",
     "remove",
@@ -162,6 +163,25 @@ def _check_mask(model: GaussianModel, mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"mask must be a bool tensor of shape ({len(model)},), got {mask.dtype} "
                          f"{tuple(mask.shape)}")
     return mask.to(model.means.device)
+
+
+def append(model: GaussianModel, optimizer: torch.optim.Optimizer, values: Mapping[str, torch.Tensor]) -> int:
+    """Append ``K`` new Gaussians given by raw parameter values (``values[name]`` of shape ``(K, ...)`` for every
+    parameter of the model: ``means``, ``log_scales``, ``quats``, ``opacity_logits``, ``sh0``, ``sh_rest``) after
+    the existing ones; their optimizer moments start at zero, the existing parameters and moments are unchanged.
+    Returns K. Used by methods that add Gaussians outside the 3DGS densification (e.g. RDG-GS's sampling)."""
+    names = [name for name, _ in model.named_parameters(recurse=False)]
+    if set(values) != set(names):
+        raise ValueError(f"append needs exactly the parameters {sorted(names)}, got {sorted(values)}")
+    k = int(values["means"].shape[0])
+    for name, p in model.named_parameters(recurse=False):
+        if tuple(values[name].shape) != (k, *p.shape[1:]):
+            raise ValueError(f"append: {name} must have shape {(k, *p.shape[1:])}, got {tuple(values[name].shape)}")
+    if k == 0:
+        return 0
+    _replace_parameters(model, optimizer, lambda name, p: torch.cat([p, values[name].to(p)]),
+                        lambda _, v: torch.cat([v, v.new_zeros((k, *v.shape[1:]))]))
+    return k
 
 
 def duplicate(model: GaussianModel, optimizer: torch.optim.Optimizer, mask: torch.Tensor) -> int:
@@ -314,6 +334,14 @@ class DefaultDensification:
             self.num_resets += 1
             done["reset"] = 1
         return done
+
+    def extend(self, count: int) -> None:
+        """Start zero statistics for ``count`` Gaussians appended after the existing ones outside :meth:`refine`
+        (e.g. by :func:`append`), keeping the invariant of one entry per Gaussian."""
+        if int(count) < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self.grad2d = torch.cat([self.grad2d, self.grad2d.new_zeros(int(count))])
+        self.count = torch.cat([self.count, self.count.new_zeros(int(count))])
 
     @torch.no_grad()
     def update_statistics(self, meta: Mapping[str, Any], num_gaussians: int) -> None:

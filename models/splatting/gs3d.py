@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ from sparse3d.views import PosedImages, ScenePoints
 
 PLY_NAME = "point_cloud.ply"
 INIT_MODES: tuple[str, ...] = ("auto", "points", "random")
+TIMING_KEYS: tuple[str, ...] = ("rasterizer", "losses", "update")
+"""Parts of a training step summed in ``timings`` (seconds; CoherentGS's keys less its decoder): the rasterizer's
+forward and backward, the losses' forward and backward, the optimizer update with densification (``sparse3d-bench
+splatting_methods`` reads them; the loop's own overhead is the rest of the step time)."""
 log = logging.getLogger("sparse3d.models.splatting.gs3d")
 
 
@@ -122,6 +127,8 @@ class GaussianSplatting:
         self.max_steps = 0
         self.step = 0
         self._values_checked = False  # rasterizer value check done (first training step of this process)
+        self.timings = {k: 0.0 for k in TIMING_KEYS}
+        self.timed_steps = 0
 
     # ------------------------------------------------------------------------------------------ set-up
     def setup(self, views: PosedImages, max_steps: int, points: ScenePoints | None = None) -> None:
@@ -162,6 +169,8 @@ class GaussianSplatting:
         if self.strategy is not None:
             self.strategy.configure(len(self.model), self.max_steps, self.scene_extent, device)
         self.step = 0
+        self.timings = {k: 0.0 for k in TIMING_KEYS}
+        self.timed_steps = 0
 
     # ---------------------------------------------------------------------------------------- training
     def _require(self) -> tuple[GaussianModel, torch.optim.Optimizer, PosedImages]:
@@ -179,33 +188,73 @@ class GaussianSplatting:
 
     def training_step(self, step: int) -> dict[str, float]:
         model, optimizer, views = self._require()
-        for group in optimizer.param_groups:
-            if group["name"] == "means":
-                group["lr"] = self._means_lr(step)
+        self.update_learning_rates(step)
         index = int(torch.randint(len(views), (1,)))
         target = views.images[index : index + 1]
         strategy = self.strategy
         meta: dict[str, Any] | None = None if strategy is None else {}
         # The rasterizer checks the values on the first step of this process only: afterwards they are the
         # optimiser's activated parameters (sigmoid, exp, normalised in the rasterizer), checked once.
+        t0 = time.perf_counter()
         colors, _ = model.render(views.cameras[index], self._background(), sh_degree=self.active_sh_degree(step),
                                  absgrad=strategy is not None and strategy.absgrad, meta=meta,
                                  check_values=not self._values_checked)
         self._values_checked = True
         if strategy is not None and meta is not None:
             strategy.step_pre_backward(meta)
-        loss, parts = photometric_loss(colors, target, self.ssim_weight)
+        t1 = time.perf_counter()
+        # The loss sees a detached copy of the render, so its backward and the rasterizer's are timed apart.
+        leaf = colors.detach().requires_grad_(True)
+        loss, parts = photometric_loss(leaf, target, self.ssim_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        t2 = time.perf_counter()
+        colors.backward(leaf.grad)
+        t3 = time.perf_counter()
         optimizer.step()
         if strategy is not None and meta is not None:
             strategy.step_post_backward(model, optimizer, step, meta)  # after the update, as gsplat's trainer
+        self.add_timings(rasterizer=(t1 - t0) + (t3 - t2), losses=t2 - t1, update=time.perf_counter() - t3)
         self.step = step + 1
         return {"loss": float(loss.detach()), **parts, "num_gaussians": float(len(model))}
+
+    def add_timings(self, **seconds: float) -> None:
+        """Add one training step's seconds per part (keys of :data:`TIMING_KEYS`) to ``timings``."""
+        for key, value in seconds.items():
+            self.timings[key] += float(value)
+        self.timed_steps += 1
 
     def _background(self) -> torch.Tensor:
         model, _, _ = self._require()
         return torch.tensor(self.background_rgb, device=model.means.device)
+
+    def update_learning_rates(self, step: int) -> None:
+        """Set the learning rates of optimisation step ``step`` (the position rate's exponential decay)."""
+        _, optimizer, _ = self._require()
+        for group in optimizer.param_groups:
+            if group["name"] == "means":
+                group["lr"] = self._means_lr(step)
+
+    def rasterize(self, cameras: Cameras, step: int, *, render_mode: str = "RGB", meta: dict[str, Any] | None = None,
+                  absgrad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render ``cameras`` as a training step does (for subclasses that need other render modes): the
+        method's background, the SH degree of ``step``, and the rasterizer's value check only on the first call
+        of the process. Returns the rasterizer's (C, H, W, channels) colours and (C, H, W, 1) alphas; ``meta``
+        receives its meta (``means2d`` for the densification statistics)."""
+        from sparse3d.render.gaussians import rasterize_gaussians
+
+        model, _, _ = self._require()
+        out, alphas, info = rasterize_gaussians(
+            model.means, model.quats, model.scales, model.opacities, model.sh,
+            cameras.viewmat.to(model.means), cameras.K.to(model.means), cameras.width, cameras.height,
+            sh_degree=self.active_sh_degree(step),
+            backgrounds=self._background()[None].expand(len(cameras), 3).contiguous(),
+            render_mode=render_mode, absgrad=absgrad, check_values=not self._values_checked,
+        )
+        self._values_checked = True
+        if meta is not None:
+            meta.update(info)
+        return out, alphas
 
     # ------------------------------------------------------------------------------------------ output
     def render(self, cameras: Cameras) -> torch.Tensor:

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from sparse3d.cameras import Cameras
-from sparse3d.models.splatting.densify import _replace_parameters
+from sparse3d.models.splatting.densify import append
 from sparse3d.models.splatting.depth_priors import DepthPriorMaps, PlaneSweepDepthPrior
 from sparse3d.models.splatting.gaussians import GaussianModel, rgb_to_sh0
 from sparse3d.models.splatting.gs3d import GaussianSplatting, look_target
@@ -428,9 +429,7 @@ def append_gaussians(model: GaussianModel, optimizer: torch.optim.Optimizer, mea
         "sh0": rgb_to_sh0(rgb.to(dev).float())[:, None, :],
         "sh_rest": torch.zeros(k, model.sh_rest.shape[1], 3, device=dev),
     }
-    _replace_parameters(model, optimizer, lambda name, p: torch.cat([p, new[name].to(p)]),
-                        lambda _, v: torch.cat([v, v.new_zeros((k, *v.shape[1:]))]))
-    return k
+    return append(model, optimizer, new)
 
 
 # ------------------------------------------------------------------------------------------------ method
@@ -574,34 +573,25 @@ class RDGGaussianSplatting(GaussianSplatting):
     def _render_rgbd(self, camera: Cameras, step: int, meta: dict[str, Any] | None,
                      absgrad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(1, H, W, 3) colours, (1, H, W) expected depth and (1, H, W) alpha of one camera."""
-        from sparse3d.render.gaussians import rasterize_gaussians
-
-        model, _, _ = self._require()
-        out, alphas, info = rasterize_gaussians(
-            model.means, model.quats, model.scales, model.opacities, model.sh,
-            camera.viewmat.to(model.means), camera.K.to(model.means), camera.width, camera.height,
-            sh_degree=self.active_sh_degree(step), backgrounds=self._background()[None].contiguous(),
-            render_mode="RGB+ED", absgrad=absgrad, check_values=not self._values_checked,
-        )
-        self._values_checked = True
-        if meta is not None:
-            meta.update(info)
+        out, alphas = self.rasterize(camera, step, render_mode="RGB+ED", meta=meta, absgrad=absgrad)
         return out[..., :3], out[..., 3], alphas[..., 0]
 
     def training_step(self, step: int) -> dict[str, float]:
         model, optimizer, views = self._require()
         prior = self._require_prior()
-        for group in optimizer.param_groups:
-            if group["name"] == "means":
-                group["lr"] = self._means_lr(step)
+        self.update_learning_rates(step)
         index = int(torch.randint(len(views), (1,)))
         target = views.images[index : index + 1]
         strategy = self.strategy
         meta: dict[str, Any] | None = None if strategy is None else {}
-        colors, depth, alpha = self._render_rgbd(views.cameras[index], step, meta,
-                                                 absgrad=strategy is not None and strategy.absgrad)
+        t0 = time.perf_counter()
+        rendered = self._render_rgbd(views.cameras[index], step, meta,
+                                     absgrad=strategy is not None and strategy.absgrad)
         if strategy is not None and meta is not None:
             strategy.step_pre_backward(meta)
+        t1 = time.perf_counter()
+        # The losses see detached copies of the render, so their backward and the rasterizer's are timed apart.
+        colors, depth, alpha = (x.detach().requires_grad_(i < 2) for i, x in enumerate(rendered))
         loss, parts = photometric_loss(colors, target, self.ssim_weight)
         if self.rdg_weight > 0 and step >= self.rdg_start:
             device = depth.device
@@ -611,12 +601,17 @@ class RDGGaussianSplatting(GaussianSplatting):
             parts["rdg"] = float(rdg.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        t2 = time.perf_counter()
+        grads = [(out, leaf.grad) for out, leaf in zip(rendered[:2], (colors, depth)) if leaf.grad is not None]
+        torch.autograd.backward([g[0] for g in grads], [g[1] for g in grads])
+        t3 = time.perf_counter()
         optimizer.step()
         if strategy is not None and meta is not None:
             strategy.step_post_backward(model, optimizer, step, meta)
         added = 0
         if self._is_sampling_step(step):
-            added = self._adaptive_sample(index, colors[0], depth[0], alpha[0])
+            added = self._adaptive_sample(index, colors[0].detach(), depth[0].detach(), alpha[0])
+        self.add_timings(rasterizer=(t1 - t0) + (t3 - t2), losses=t2 - t1, update=time.perf_counter() - t3)
         self.step = step + 1
         return {"loss": float(loss.detach()), **parts, "num_gaussians": float(len(model)),
                 "sampled": float(added)}
@@ -658,8 +653,7 @@ class RDGGaussianSplatting(GaussianSplatting):
         added = append_gaussians(model, optimizer, means, views.images[index][rows, cols], scales, float(s["opacity"]))
         strategy = self.strategy
         if strategy is not None:  # the statistics cover the new Gaussians too, from zero
-            strategy.grad2d = torch.cat([strategy.grad2d, strategy.grad2d.new_zeros(added)])
-            strategy.count = torch.cat([strategy.count, strategy.count.new_zeros(added)])
+            strategy.extend(added)
         self.num_sampled += added
         return added
 

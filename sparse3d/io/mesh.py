@@ -19,16 +19,15 @@ where a mesh was expected, no triangles, non-finite vertices and face indices ou
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sparse3d.io.atomic import atomic_write_bytes
 from sparse3d.utils.errors import UserError
 
 __all__ = [
@@ -395,16 +394,4 @@ def write_mesh(path: PathLike, mesh: TriangleMesh) -> Path:
     if not np.isfinite(mesh.vertices).all():
         raise ValueError(f"mesh for {p} has non-finite vertex coordinates")
     data = _encode(mesh, ext, _trimesh())
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, p)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return p
+    return atomic_write_bytes(p, data)

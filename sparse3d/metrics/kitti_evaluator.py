@@ -22,9 +22,9 @@ from pathlib import Path
 
 from sparse3d.datasets.kitti import read_split
 from sparse3d.detect import LABEL_DIR, Detector, detect_frames, kitti_frames
+from sparse3d.io.atomic import atomic_write_json, atomic_write_text
 from sparse3d.io.kitti import KittiObjects, read_label
 from sparse3d.metrics.detection import STRICT_OVERLAPS, KittiEvalResult, kitti_eval
-from sparse3d.train.checkpoint import atomic_write_json, atomic_write_text
 from sparse3d.train.evaluators import RESULTS_NAME, EvalReport
 from sparse3d.utils.errors import UserError
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sparse3d.io.atomic import atomic_write_json, atomic_write_text
 from sparse3d.io.mesh import TriangleMesh, read_mesh
 from sparse3d.metrics.mesh import DEFAULT_THRESHOLDS, METRIC_KEYS, mesh_metrics, threshold_key
-from sparse3d.train.checkpoint import atomic_write_json, atomic_write_text
 from sparse3d.train.evaluators import RESULTS_NAME, EvalReport
 from sparse3d.utils.errors import UserError
 from sparse3d.utils.jsonable import jsonable

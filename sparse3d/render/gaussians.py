@@ -25,7 +25,7 @@ import torch
 from sparse3d.kernels.backends import RASTER_BACKENDS, select_raster_backend
 from sparse3d.kernels.gaussian_args import RasterizeArgs, takes_rasterize_args
 from sparse3d.kernels.gaussian_composite import rasterize_to_pixels, rasterize_to_pixels_fwd
-from sparse3d.kernels.gaussian_projection import project_gaussians
+from sparse3d.kernels.gaussian_projection import first_bad_gaussian_argument, project_gaussians
 from sparse3d.kernels.gaussian_sh import MAX_SH_DEGREE, eval_sh_colors
 from sparse3d.kernels.gaussian_tiles import intersect_tiles
 from sparse3d.kernels.runtime import check_same_device, check_tensor, serial_torch_ops
@@ -109,20 +109,18 @@ def _bad_rows(t: torch.Tensor, bad: torch.Tensor) -> int:
 def _check_values(a: RasterizeArgs) -> None:
     """Reject values the kernels would turn into black or NaN pixels without a word.
 
-    The fast path is one min/max reduction per argument and a single host synchronisation: NaN propagates
-    through ``aminmax``, so "min > lower bound and max < upper bound" fails for NaN as well as for values out
-    of range. Only when that fails are the offending entries counted, for the message.
+    The per-Gaussian arguments are checked by one Warp pass (:func:`first_bad_gaussian_argument`, one host
+    synchronisation); the few camera values by one min/max reduction each and one more synchronisation: NaN
+    propagates through ``aminmax``, so "min > lower bound and max < upper bound" fails for NaN as well as for
+    values out of range. Only when a check fails are the offending entries counted, for the message.
     """
+    bad = first_bad_gaussian_argument(a.means, a.quats, a.scales, a.opacities, a.colors)
+    if bad is not None:
+        raise ValueError(_describe_bad_values(a, bad))
     ks = a.Ks
     focal = torch.minimum(ks[:, 0, 0], ks[:, 1, 1])
-    quat_size = a.quats.abs().amax(dim=1) if a.quats.shape[0] else a.quats[:, 0]
     # (name, tensor whose min/max are tested, lower bound, lower inclusive, upper bound, upper inclusive)
     bounds: list[tuple[str, torch.Tensor, float, bool, float, bool]] = [
-        ("means", a.means, -math.inf, False, math.inf, False),
-        ("quats", quat_size, 0.0, False, math.inf, False),
-        ("scales", a.scales, 0.0, False, math.inf, False),
-        ("opacities", a.opacities, 0.0, True, 1.0, True),
-        ("colors", a.colors, -math.inf, False, math.inf, False),
         ("viewmats", a.viewmats, -math.inf, False, math.inf, False),
         ("Ks", ks, -math.inf, False, math.inf, False),
         ("Ks", focal, 0.0, False, math.inf, False),
@@ -209,7 +207,8 @@ def rasterize_gaussians(
     if not isinstance(check_values, bool):
         raise ValueError(f"check_values must be a bool, got {check_values!r}")
     if check_values:
-        _check_values(a)
+        with serial_torch_ops():  # small reductions: see serial_torch_ops
+            _check_values(a)
     a = a._replace(
         near_plane=float(a.near_plane), far_plane=float(a.far_plane), radius_clip=float(a.radius_clip),
         eps2d=float(a.eps2d),

@@ -17,7 +17,6 @@ checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sparse3d.io.atomic import atomic_path
 from sparse3d.io.images import decode_image, png_info, write_png
 from sparse3d.io.spare import (
     BENCHMARK_SIZE,
@@ -124,10 +124,8 @@ def render_scene(
     for index, view in enumerate(entry.test_views):
         image = render_views(method, cams[index])[0]
         path = Path(out_dir) / submission_name(entry, view)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.partial.png")
-        write_png(tmp, image.numpy())
-        os.replace(tmp, path)
+        with atomic_path(path, fsync=False) as tmp:
+            write_png(tmp, image.numpy())
         written.append(path)
     return written
 
@@ -135,19 +133,12 @@ def render_scene(
 def zip_scenes(folder: PathLike, entries: Iterable[SplitEntry], out_zip: PathLike) -> Path:
     """Zip ``folder/<scene>/<file>`` for every expected member, scene folders at the root, deterministically."""
     out = Path(out_zip)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
-        with zipfile.ZipFile(tmp, "w") as archive:
-            for name in expected_names(entries):
-                info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, (Path(folder) / name).read_bytes())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written zip beside the output
-        raise
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w") as archive:  # never a half-written zip
+        for name in expected_names(entries):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, (Path(folder) / name).read_bytes())
     return out
 
 

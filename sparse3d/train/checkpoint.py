@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, RNG capture, resume look-up and safetensors weight export.
+"""Checkpoints: RNG capture, resume look-up and safetensors weight export.
 
 A checkpoint (``*.ckpt``) is a ``torch.save``'d dict holding everything needed to continue training
 bit-for-bit: model, optimizer, scheduler and grad-scaler states, the step/epoch position, every RNG
@@ -11,20 +11,19 @@ Exported weights (``model.safetensors``) hold the model state dict only and are 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import pickle
 import random
 import re
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from sparse3d.io.atomic import atomic_write, atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
 from sparse3d.train.distributed import current_dist_info, unwrap_model
 from sparse3d.utils.errors import UserError
 
@@ -40,47 +39,6 @@ HYDRA_SUBDIR = ".hydra"
 def step_checkpoint_name(step: int) -> str:
     """File name of the periodic checkpoint taken after ``step`` optimizer steps."""
     return f"step_{step:07d}.ckpt"
-
-
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on success move it over ``path`` in one ``os.replace``.
-
-    The temp file lives in the same directory so the final rename never crosses file systems (which
-    would make it a non-atomic copy). Readers therefore see either the old or the new file, never a
-    half-written one, even if the writer is killed mid-way.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
-    """Run ``writer(tmp_path)`` and atomically move the result to ``path``."""
-    target = Path(path)
-    with _atomic_target(target) as tmp:
-        writer(tmp)
-    return target
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically (used for JSON summaries that other tools poll)."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

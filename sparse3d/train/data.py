@@ -17,7 +17,7 @@ from sparse3d.utils.seed import derive_seed, seed_data_worker
 
 
 class ResumableDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch part-way through.
+    """``DistributedSampler`` that can start an epoch part-way through, shuffled from ``derive_seed(seed, epoch)``.
 
     Always used, even in a single process (``num_replicas=1``), so single-GPU and DDP runs shard and
     shuffle the same way: rank ``r`` of ``W`` sees elements ``r, r+W, ...`` of the epoch's permutation,
@@ -44,7 +44,14 @@ class ResumableDistributedSampler(DistributedSampler):
         self.start_index = max(0, int(start_index))
 
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+        # torch shuffles with ``seed + epoch``, which makes (seed 1, epoch 0) replay (seed 0, epoch 1); the
+        # permutation is drawn from a mixed seed instead (padding and rank sharding stay torch's).
+        base = self.seed
+        self.seed = derive_seed(base, self.epoch) - self.epoch
+        try:
+            indices = list(super().__iter__())
+        finally:
+            self.seed = base
         return iter(indices[self.start_index :])
 
     def __len__(self) -> int:

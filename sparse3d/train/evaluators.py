@@ -22,7 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sparse3d.train.checkpoint import atomic_write_json, load_checkpoint, resolve_checkpoint_path
+from sparse3d.io.atomic import atomic_write_json
+from sparse3d.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 from sparse3d.train.data_spec import DataSpec, build
 from sparse3d.train.trainer import evaluate
 from sparse3d.utils.errors import UserError

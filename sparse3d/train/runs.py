@@ -12,8 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sparse3d.config_schema import validate_config
+from sparse3d.io.atomic import atomic_write_json
 from sparse3d.train import distributed as D
-from sparse3d.train.checkpoint import CHECKPOINT_DIR, LAST_NAME, atomic_write_json
+from sparse3d.train.checkpoint import CHECKPOINT_DIR, LAST_NAME
 from sparse3d.train.data_spec import DataSpec, build
 from sparse3d.train.session import process_session
 from sparse3d.train.trainer import WEIGHTS_NAME, Trainer

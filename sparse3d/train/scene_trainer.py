@@ -26,7 +26,6 @@ import functools
 import inspect
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,12 +37,12 @@ from omegaconf import DictConfig, OmegaConf
 import sparse3d
 from sparse3d.cameras import Cameras
 from sparse3d.config_schema import SceneTrainerConfig, check_scene_trainer_config
+from sparse3d.io.atomic import atomic_path, atomic_write_json
 from sparse3d.io.images import write_png
 from sparse3d.metrics.image import psnr, psnr_masked, ssim
 from sparse3d.train.checkpoint import (
     LAST_NAME,
     RunDirectory,
-    atomic_write_json,
     capture_rng_state,
     load_checkpoint,
     preserved_rng_state,
@@ -295,10 +294,8 @@ class SceneTrainer(RunDirectory):
                 folder = self.output_dir / RENDER_DIR / "test"
                 folder.mkdir(parents=True, exist_ok=True)
                 for image, name in zip(renders, test.view_names(), strict=True):
-                    path = folder / name
-                    tmp = path.with_name(f".{path.stem}.partial.png")
-                    write_png(tmp, image.numpy())
-                    os.replace(tmp, path)
+                    with atomic_path(folder / name, fsync=False) as tmp:
+                        write_png(tmp, image.numpy())
         self._log_images(method, test or inputs, writer)
         if cfg.export:
             self.exports = [str(p) for p in method.export(self.output_dir)]

@@ -21,7 +21,6 @@ import ctypes
 import ctypes.util
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from sparse3d.io.atomic import atomic_path
 from sparse3d.utils.errors import UserError
 from sparse3d.vis.camera import ViewCamera
 from sparse3d.vis.scene import CoordinateFrame, Drawable, Lines, Mesh, Points, Scene, Voxels
@@ -176,14 +176,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     target = Path(path)
     if not target.parent.is_dir():
         raise UserError(f"{target}: folder {target.parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(target, fsync=False) as tmp:
         yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_png(scene: Scene, camera: ViewCamera, path: str | os.PathLike) -> Path:

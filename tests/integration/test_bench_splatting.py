@@ -60,3 +60,27 @@ def test_bench_splatting_quick_json(tmp_path: Path) -> None:
         assert proj["peer"] is None and "unavailable" in proj["notes"]
     else:
         assert proj["peer"] == "gsplat torch projection" and proj["projection_max_diff"] <= 1e-3
+
+
+def test_peer_runs_when_its_memory_estimate_fits_what_is_available(monkeypatch) -> None:
+    """The peer's fwd+bwd runs iff its estimate fits the available memory less max(1 GB, 10 %) and the optional
+    cap; otherwise the reason names the estimate and the memory (or the cap)."""
+    from sparse3d.bench import splatting as S
+
+    assert S.peer_memory_verdict(10.0, 22.0, None) == ""  # 22 - 2.2 = 19.8 GB usable
+    assert S.peer_memory_verdict(19.9, 22.0, None).startswith("~19.9 GB of autograd temporaries > 19.8 GB usable")
+    assert S.peer_memory_verdict(1.5, 3.0, None) == ""  # headroom 1 GB when 10 % is less
+    assert "2.0 GB usable" in S.peer_memory_verdict(2.5, 3.0, None)
+    assert S.peer_memory_verdict(10.0, 22.0, 6.0) == "~10.0 GB of autograd temporaries > SPARSE3D_BENCH_PEER_MAX_GB=6"
+    assert S.peer_memory_verdict(5.0, None, 6.0) == ""
+    assert "available memory unknown" in S.peer_memory_verdict(5.0, None, None)
+    available = S.available_memory_gb()
+    assert available is None or available > 0
+    monkeypatch.delenv("SPARSE3D_BENCH_PEER_MAX_GB", raising=False)
+    assert S._peer_cap_gb() is None
+    monkeypatch.setenv("SPARSE3D_BENCH_PEER_MAX_GB", "12")
+    assert S._peer_cap_gb() == 12.0
+    for bad in ("abc", "-1", "0", "nan", "inf"):
+        monkeypatch.setenv("SPARSE3D_BENCH_PEER_MAX_GB", bad)
+        with pytest.raises(ValueError, match="SPARSE3D_BENCH_PEER_MAX_GB must be a positive number"):
+            S.run_splatting_suite(repeats=1, quick=True)

@@ -1501,6 +1501,26 @@ add("kitti", "dataset-augment-scaling-negative", _detection_dataset({"augment": 
 add("kitti", "dataset-augment-translation-negative", _detection_dataset({"augment": {"translation_std": -0.5}},
                                                                         ["translation_std"]))
 add("kitti", "dataset-augment-unknown-key", _detection_dataset({"augment": {"flip_z": True}}, ["flip_z"]))
+add("kitti", "dataset-gt-sampling-min-points-negative",
+    _detection_dataset({"augment": {"gt_sampling": {"min_points": {"Car": -1}}}}, ["min_points"]))
+add("kitti", "dataset-gt-sampling-min-points-text",
+    _detection_dataset({"augment": {"gt_sampling": {"min_points": ["Car:many"]}}}, ["min_points"]))
+add("kitti", "dataset-gt-sampling-unknown-class",
+    _detection_dataset({"augment": {"gt_sampling": {"sample_groups": {"Truk": 15}}}}, ["Truk"]))
+add("kitti", "dataset-gt-sampling-unknown-key",
+    _detection_dataset({"augment": {"gt_sampling": {"sample_group": {"Car": 15}}}}, ["sample_group"]))
+add("kitti", "dataset-gt-sampling-db-missing",  # real (hand-written) data: no database is built unasked
+    _detection_dataset({"augment": {"gt_sampling": {"sample_groups": {"Car": 15}}}}, ["kitti_gt_database"]))
+
+
+@case("kitti", "gt-db-info-random-bytes")
+def _gt_db_info_random_bytes(ctx: Ctx) -> Raises:
+    from sparse3d.datasets.gt_sampling import GtSampler
+
+    info = _write(ctx, "kitti_dbinfos_train.pkl", rand_bytes())
+    return Raises(lambda: GtSampler.from_file(info, {"Car": 15}), ["kitti_dbinfos_train.pkl"])
+
+
 add("kitti", "image-shape-zero", _kitti_arg({"image_shape": (0, 1242)}, ["image_shape"]))
 add("kitti", "difficulty-rule-unknown", _kitti_arg({"difficulty_rule": "easy"}, ["easy"]))
 
@@ -1544,6 +1564,17 @@ add("cli_data", "llff-width-text", _data(["llff", *_TINY, "generator.width=wide"
 add("cli_data", "colmap-num-points-negative", _data(["colmap", *_TINY, "generator.num_points=-1"], ["num_points"]))
 add("cli_data", "nerfstudio-format-unknown", _data(["nerfstudio", *_TINY, "generator.format=blender"], ["blender"]))
 add("cli_data", "nerfstudio-num-scenes-0", _data(["nerfstudio", *_TINY, "generator.num_scenes=0"], ["num_scenes"]))
+add("cli_data", "kitti-gt-database-root-missing", _data(["kitti_gt_database", "root=/nonexistent/kitti_root"],
+                                                        ["kitti_root"]))
+
+
+@case("cli_data", "kitti-gt-database-split-missing")
+def _gt_database_split_missing(ctx: Ctx) -> Cli:
+    root, target = _kitti_frame(ctx), ctx.tmp / "db_out"  # the one-frame set has no ImageSets/train.txt
+    return Cli("sparse3d-data", ["kitti_gt_database", f"root={root}", f"out_dir={target}", "generator.progress=false",
+                                 f"paths.output_root={ctx.tmp / 'runs'}"], ["train.txt"], [target])
+
+
 add("cli_data", "out-dir-is-file", _data(["llff", *_TINY], ["data_out"], pre=lambda p: p.write_text("x")))
 add("cli_data", "out-dir-not-empty", _data(["llff", *_TINY], ["data_out"],
                                            pre=lambda p: (p.mkdir(), (p / "keep.txt").write_text("x"))))
@@ -1685,6 +1716,24 @@ add("cli_bench", "json-is-folder", _bench(["kernels", "--quick", "--repeats", "1
 add("cli_bench", "device-unknown", _bench(["kernels", "--quick", "--repeats", "1", "--device", "tpu", "--json",
                                            "{tmp}/b.json"], ["tpu"], "b.json"))
 add("cli_bench", "extra-positional", _bench(["kernels", "splatting"], ["splatting"]))
+# sparse3d-bench splatting_methods: every argument is checked before a scene is generated or a method fitted.
+for _name, _args, _needles in [
+    ("methods-unknown", ["suite.runner.methods=[gs3d,nope]"], ["nope"]),
+    ("methods-empty", ["suite.runner.methods=[]"], ["methods"]),
+    ("sizes-unknown-family", ["sizes={frames:[2]}"], ["frames"]),
+    ("sizes-resolution-one-value", ["sizes={resolution:[64]}"], ["resolution"]),
+    ("sizes-steps-two-values", ["sizes={steps:[4,8]}"], ["steps"]),
+    ("overrides-method-not-run", ["suite.runner.methods=[gs3d]", "suite.runner.overrides={rdggs:['method.rdg_weight=0']}"],
+     ["overrides.rdggs"]),
+    ("overrides-unknown-key", ["suite.runner.methods=[gs3d]", "suite.runner.overrides={gs3d:['method.nope=1']}"],
+     ["method.nope"]),
+    ("overrides-bad-value", ["suite.runner.methods=[gs3d]", "suite.runner.overrides={gs3d:['method.num_points=-5']}"],
+     ["gs3d"]),
+    ("naming-unknown", ["suite.runner.naming=Blender"], ["naming"]),
+    ("work-dir-not-empty", ["suite.runner.work_dir={tmp}"], ["work_dir"]),
+]:
+    add("cli_bench", f"splatting-methods-{_name}",
+        _bench(["splatting_methods", "--quick", *_args, "--json", "{tmp}/b.json"], _needles, "b.json"))
 
 
 def _eval(args: Callable[[Ctx], list[str]], needles: Sequence[str]) -> Make:

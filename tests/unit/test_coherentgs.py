@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 import torch
 
+from sparse3d.cameras import Cameras, look_at
 from sparse3d.models.splatting.coherentgs import (
     depth_layers,
     fill_depth,
+    fit_support_plane,
     flow_loss,
     layered_tv,
     multiscale_l1,
+    photo_consistent,
+    plane_depth,
 )
 from sparse3d.models.splatting.decoder import ImplicitDecoder, positional_encoding
 from sparse3d.models.splatting.flow import (
@@ -147,6 +151,79 @@ def test_fill_depth_keeps_confident_depth_and_fills_the_rest() -> None:
     filled = fill_depth(depth, conf)
     torch.testing.assert_close(filled, torch.full((16, 20), 7.0))
     torch.testing.assert_close(fill_depth(depth, torch.ones(16, 20)), depth)
+
+
+# ------------------------------------------------------------------------------------------ support plane
+def _floor_scene(n_floor: int = 400, n_box: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points on the floor z = 0.3 (x, y in [-1, 1]) plus a box standing on it (its side faces hold more points
+    than the floor's tolerance band), and 3 camera centres above the floor."""
+    g = torch.Generator().manual_seed(seed)
+    floor = torch.cat([torch.rand(n_floor, 2, generator=g) * 2 - 1, torch.full((n_floor, 1), 0.3)], 1)
+    box = torch.rand(n_box, 3, generator=g) * torch.tensor([0.4, 0.4, 0.5]) + torch.tensor([-0.2, -0.2, 0.3])
+    box[: n_box // 2, 0] = 0.2  # half the box points on one side face x = 0.2 (a plane with floor points behind it)
+    centres = torch.tensor([[2.0, 0.0, 1.5], [0.0, 2.0, 1.8], [-1.5, -1.5, 2.0]])
+    return torch.cat([floor, box]), centres
+
+
+def test_support_plane_is_the_floor_not_an_object_face() -> None:
+    points, centres = _floor_scene()
+    plane = fit_support_plane(points, centres, inlier_tol=0.01, iterations=300,
+                              generator=torch.Generator().manual_seed(1))
+    assert plane is not None
+    torch.testing.assert_close(plane, torch.tensor([0.0, 0.0, 1.0, -0.3]), atol=1e-4, rtol=0)  # faces the cameras
+    # noisy floor: still the floor, within the noise
+    noisy = points + torch.randn(points.shape, generator=torch.Generator().manual_seed(2)) * 0.002
+    plane = fit_support_plane(noisy, centres, inlier_tol=0.01, generator=torch.Generator().manual_seed(3))
+    assert plane is not None and float(plane[2]) > 0.999 and abs(float(plane[3]) + 0.3) < 0.003
+    # too few points, or a "plane" with cameras on both sides, gives None
+    assert fit_support_plane(points[:20], centres, 0.01) is None
+    both_sides = torch.cat([centres, torch.tensor([[0.0, 0.0, -1.0]])])
+    assert fit_support_plane(points[:400], both_sides, 0.01, generator=torch.Generator().manual_seed(4)) is None
+
+
+def _two_cameras(width: int = 40, height: int = 30) -> Cameras:
+    K = np.array([[40.0, 0, width / 2], [0, 40.0, height / 2], [0, 0, 1]])
+    Rs, ts = [], []
+    for centre in (np.array([0.0, -2.0, 1.0]), np.array([1.6, -1.6, 1.0])):
+        R = look_at(centre, np.array([0.0, 0.0, 0.6]), roll=0.0)  # looking slightly down: floor and horizon
+        Rs.append(R)
+        ts.append(-R @ centre)
+    return Cameras.from_Rt(np.repeat(K[None], 2, axis=0), np.stack(Rs), np.stack(ts), width, height)
+
+
+def _rays(cams: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    origins, dirs = zip(*(cams.pixel_rays(i) for i in range(len(cams))))
+    dirs = torch.stack(dirs).double()
+    forward = cams.R.double()[:, 2, :]
+    rays = dirs / torch.einsum("vhwk,vk->vhw", dirs, forward)[..., None]  # scaled to camera z = 1
+    return cams.centers.double(), rays
+
+
+def test_plane_depth_meets_the_plane_and_photo_consistency_finds_it() -> None:
+    cams = _two_cameras()
+    centres, rays = _rays(cams)
+    plane = torch.tensor([0.0, 0.0, 1.0, 0.0])  # the floor z = 0
+    z = plane_depth(plane, centres, rays)
+    hit = z > 0
+    assert bool(hit.any()) and not bool(hit.all())  # the upper rows look above the horizon
+    points = centres[:, None, None] + z[..., None].double() * rays
+    assert float(points[..., 2][hit].abs().max()) < 1e-4
+    # images of a textured floor (colour = f(x, y)), black above the horizon: the floor depth is consistent
+    def shade(p: torch.Tensor) -> torch.Tensor:
+        return torch.stack([0.5 + 0.4 * torch.sin(4 * p[..., 0]), 0.5 + 0.4 * torch.cos(3 * p[..., 1]),
+                            0.5 + 0.2 * torch.sin(2 * (p[..., 0] + p[..., 1]))], -1)
+    images = torch.where(hit[..., None], shade(points).float(), torch.zeros(2, cams.height, cams.width, 3))
+    ok = photo_consistent(images, cams, centres, rays, z, tol=0.05)
+    assert not bool(ok[~hit].any())  # no depth, never consistent
+    # pixels at least 3 px from the horizon and the image border (3x3 means there mix in black)
+    interior = -torch.nn.functional.max_pool2d(-hit[:, None].float(), 7, stride=1, padding=3)[:, 0] > 0.5
+    interior[:, :, :3] = interior[:, :, -3:] = False
+    interior[:, -3:] = False
+    # far floor points (near the horizon) shrink to sub-pixel texture; keep the near half of the floor
+    interior &= z < z[hit].median()
+    assert float(ok[interior].float().mean()) > 0.9
+    # the same points 40% nearer are not where the other view sees that colour
+    assert float(photo_consistent(images, cams, centres, rays, z * 0.6, tol=0.05)[interior].float().mean()) < 0.5
 
 
 # ------------------------------------------------------------------------------------------------ decoder

@@ -20,6 +20,7 @@ from sparse3d.datasets.synth.spare_scenes import generate_spare_scenes
 from sparse3d.models.splatting.densify import (
     DefaultDensification,
     DensifySchedule,
+    append,
     duplicate,
     quat_rotation_matrices,
     remove,
@@ -245,6 +246,30 @@ def test_surgery_ops_keep_every_group_consistent() -> None:
             assert optimizer.state[param][key].shape == param.shape
     with pytest.raises(ValueError, match="mask"):
         remove(model, optimizer, torch.ones(3, dtype=torch.bool))
+
+
+def test_append_adds_gaussians_with_zero_moments_and_keeps_the_rest() -> None:
+    model = _model()
+    optimizer = _with_adam_moments(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters(recurse=False)}
+    moments = {name: optimizer.state[p]["exp_avg"].clone() for name, p in model.named_parameters(recurse=False)}
+    new = {name: torch.randn(2, *p.shape[1:]) for name, p in model.named_parameters(recurse=False)}
+    assert append(model, optimizer, new) == 2 and len(model) == 8
+    for name, p in model.named_parameters(recurse=False):
+        torch.testing.assert_close(p.detach(), torch.cat([before[name], new[name]]))
+        state = optimizer.state[p]
+        torch.testing.assert_close(state["exp_avg"], torch.cat([moments[name], torch.zeros_like(new[name])]))
+        assert state["exp_avg_sq"].shape == p.shape and not bool(state["exp_avg_sq"][6:].any())
+        assert any(p is q for group in optimizer.param_groups for q in group["params"])
+    strategy = DefaultDensification()
+    strategy.configure(6, 1000, 1.0)
+    strategy.grad2d += 1.0
+    strategy.extend(2)
+    assert strategy.grad2d.tolist() == [1.0] * 6 + [0.0] * 2 and strategy.count.shape == (8,)
+    with pytest.raises(ValueError, match="exactly the parameters"):
+        append(model, optimizer, {"means": torch.zeros(1, 3)})
+    with pytest.raises(ValueError, match="shape"):
+        append(model, optimizer, {**new, "sh0": torch.zeros(2, 3)})
 
 
 def test_opacity_reset_clamps_to_twice_prune_opa_and_zeroes_its_moments() -> None:

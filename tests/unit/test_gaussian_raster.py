@@ -764,3 +764,26 @@ def test_bad_inputs_raise_clear_errors() -> None:
     bad[5] = Ks[:, :2]
     with pytest.raises(ValueError, match="Ks must have shape"):
         KP.project_fwd(*bad)
+
+
+def test_compositing_records_follow_the_intersection_order() -> None:
+    """The forward's records are one row per intersection, in the sorted order: row ``idx`` describes Gaussian
+    ``flatten_ids[idx]`` (mean, conic, opacity, depth, colour)."""
+    scene = _scene(4)
+    vm, Ks = _cameras(2)
+    with torch.no_grad():
+        proj = project_gaussians(scene["means"], scene["quats"], scene["scales"], scene["opacities"], vm, Ks, W, H)
+    c_n, n = proj["means2d"].shape[:2]
+    colors = torch.rand(c_n, n, 3, generator=torch.Generator().manual_seed(5))
+    isect = KT.intersect_tiles(proj["means2d"], proj["radii"], proj["depths"], 16, 3, 2)
+    assert isect.flatten_ids.numel() > n  # some Gaussians cover several tiles
+    out = KC.rasterize_to_pixels_fwd(proj["means2d"], proj["conics"], colors, proj["opacities"], proj["depths"],
+                                    None, isect.isect_offsets, isect.flatten_ids, W, H, 16)
+    ids = isect.flatten_ids.long()
+    assert out.records.shape == (ids.numel(), KC.record_width(3))
+    rec = out.records
+    assert torch.equal(rec[:, KC.REC_MEAN:KC.REC_MEAN + 2], proj["means2d"].reshape(-1, 2)[ids])
+    assert torch.equal(rec[:, KC.REC_CONIC:KC.REC_CONIC + 3], proj["conics"].reshape(-1, 3)[ids])
+    assert torch.equal(rec[:, KC.REC_OPACITY], proj["opacities"].reshape(-1)[ids])
+    assert torch.equal(rec[:, KC.REC_DEPTH], proj["depths"].reshape(-1)[ids])
+    assert torch.equal(rec[:, KC.REC_COLOR:KC.REC_COLOR + 3], colors.reshape(-1, 3)[ids])

@@ -170,3 +170,39 @@ def test_per_scene_3dgs_checks_values_on_its_first_step_only(monkeypatch: pytest
             method.training_step(step)
         method.render(views.cameras)
     assert calls == [True, False, False, True] * 2
+
+
+def test_first_bad_gaussian_argument_names_the_first_bad_argument_in_order() -> None:
+    """The one-pass per-Gaussian check names the first of (means, quats, scales, opacities, colors) holding a bad
+    value, whichever Gaussian holds it, accepts the boundary values and treats NaN as bad everywhere."""
+    from sparse3d.kernels.gaussian_projection import first_bad_gaussian_argument
+
+    def args(s: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [s[k] for k in ("means", "quats", "scales", "opacities", "colors")]
+
+    s = _scene()
+    s["opacities"][[0, 1]] = torch.tensor([0.0, 1.0])  # boundaries are valid
+    s["quats"][2] = torch.tensor([0.0, 0.0, -1e-30, 0.0])  # tiny but non-zero
+    assert first_bad_gaussian_argument(*args(s)) is None
+    sh = _scene()
+    sh["colors"] = torch.randn(N, 16, 3)  # SH layout (N, K, 3)
+    assert first_bad_gaussian_argument(*args(sh)) is None
+    sh["colors"][N - 1, 15, 2] = math.inf
+    assert first_bad_gaussian_argument(*args(sh)) == "colors"
+    cases = [("means", math.nan), ("means", -math.inf), ("quats", math.nan), ("quats", math.inf),
+             ("scales", 0.0), ("scales", math.inf), ("scales", math.nan), ("opacities", -1e-7),
+             ("opacities", math.nan), ("opacities", 1.0000001), ("colors", math.nan)]
+    for name, value in cases:
+        bad = _scene()
+        bad[name][N - 1].view(-1)[0] = value
+        assert first_bad_gaussian_argument(*args(bad)) == name, (name, value)
+    zero_quat = _scene()
+    zero_quat["quats"][5] = 0.0
+    assert first_bad_gaussian_argument(*args(zero_quat)) == "quats"
+    # Several bad arguments on different Gaussians: the earliest argument wins, not the earliest Gaussian.
+    both = _scene()
+    both["colors"][0, 0] = math.nan
+    both["scales"][N - 1, 1] = -1.0
+    assert first_bad_gaussian_argument(*args(both)) == "scales"
+    empty = {k: v[:0] for k, v in _scene().items()}
+    assert first_bad_gaussian_argument(*args(empty)) is None

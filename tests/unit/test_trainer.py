@@ -372,6 +372,22 @@ def test_sampler_shards_like_one_big_batch() -> None:
     assert math.isclose(batches_per_epoch(9, 3, 3, drop_last=True), 1)
 
 
+def test_sampler_orders_of_neighbouring_seeds_and_epochs_differ() -> None:
+    """torch's own ``seed + epoch`` would make (seed 1, epoch 0) replay (seed 0, epoch 1)."""
+    dataset = list(range(64))
+
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = ResumableDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    orders = {(s, e): order(s, e) for s in range(3) for e in range(3)}
+    assert len({tuple(o) for o in orders.values()}) == len(orders)
+    assert all(sorted(o) == dataset for o in orders.values())
+    assert order(1, 2) == orders[(1, 2)]  # deterministic
+    assert ResumableDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=5).seed == 5
+
+
 # ------------------------------------------------------------------------------ resume=true run selection
 
 

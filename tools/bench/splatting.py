@@ -16,9 +16,12 @@ The scene: N Gaussians spread uniformly over the image plane at depths 2..8 in f
 800×600 (so it covers a few pixels, like a trained 3DGS scene), opacities uniform in [0.05, 0.95], SH degree 3
 (DC giving colours in [0, 1], higher bands ±0.1). The same physical scene is used at every resolution.
 
-The peer's forward+backward keeps every tile's (Gaussians × 256 pixels) temporaries for autograd; when the
-estimate (pairs × 256 pixels × 60 bytes, the measured peak) exceeds ``SPARSE3D_BENCH_PEER_MAX_GB`` (default 6)
-the peer is skipped and ``notes`` says so rather than risking an out-of-memory kill on a shared machine.
+The peer's forward+backward keeps every tile's (Gaussians × 256 pixels) temporaries for autograd (8–12 GB
+at 300k Gaussians). It runs when its estimate (pairs × 256 pixels × 60 bytes, the measured peak) fits the
+memory available right before the row (``MemAvailable`` of ``/proc/meminfo``, via psutil) less a headroom
+of max(1 GB, 10 %), so that it never risks an out-of-memory kill on a shared machine; otherwise it is skipped
+and ``notes`` gives the estimate and the available memory. ``SPARSE3D_BENCH_PEER_MAX_GB``, when set, is an
+extra cap.
 
 Timings use torch's default intra-op threads for ours and the peer alike. On a CPU shared with other jobs,
 OpenMP's spinning barriers make many-small-op code like the peer's backward erratic, so treat numbers from a
@@ -171,12 +174,63 @@ def _gsplat_torch_status() -> tuple[Any, str]:
     return impl, ""
 
 
+# ------------------------------------------------------------------------------------------------ memory
+def available_memory_gb() -> float | None:
+    """Memory the system can give a new allocation without swapping (``MemAvailable``), in GiB; None if unknown."""
+    try:
+        import psutil
+
+        return float(psutil.virtual_memory().available) / 2**30
+    except Exception:  # noqa: BLE001 -- psutil missing or failing: fall back to /proc
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def peer_memory_verdict(est_gb: float, available_gb: float | None, cap_gb: float | None) -> str:
+    """Why the peer's forward+backward (needing ~``est_gb``) must be skipped, or "" when it may run.
+
+    It may run when the estimate fits the available memory less a headroom of max(1 GB, 10 %) and, when the
+    user set one, the ``SPARSE3D_BENCH_PEER_MAX_GB`` cap. With the available memory unknown only the cap
+    applies, and without a cap the row is skipped rather than risking an out-of-memory kill.
+    """
+    need = f"~{est_gb:.1f} GB of autograd temporaries"
+    if cap_gb is not None and est_gb > cap_gb:
+        return f"{need} > SPARSE3D_BENCH_PEER_MAX_GB={cap_gb:g}"
+    if available_gb is None:
+        return "" if cap_gb is not None else f"{need}, available memory unknown (set SPARSE3D_BENCH_PEER_MAX_GB)"
+    usable = available_gb - max(1.0, 0.1 * available_gb)
+    if est_gb > usable:
+        return f"{need} > {usable:.1f} GB usable ({available_gb:.1f} GB available less headroom)"
+    return ""
+
+
+def _peer_cap_gb() -> float | None:
+    """``SPARSE3D_BENCH_PEER_MAX_GB`` as a positive number, None when unset; a bad value is a ValueError."""
+    raw = os.environ.get("SPARSE3D_BENCH_PEER_MAX_GB", "").strip()
+    if not raw:
+        return None
+    try:
+        cap = float(raw)
+    except ValueError:
+        cap = math.nan
+    if not (cap > 0 and math.isfinite(cap)):
+        raise ValueError(f"SPARSE3D_BENCH_PEER_MAX_GB must be a positive number of GB, got {raw!r}")
+    return cap
+
+
 # ------------------------------------------------------------------------------------------------ rows
 @dataclass
 class _Run:
     repeats: int
     device: torch.device
-    peer_max_gb: float
+    peer_max_gb: float | None
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -224,9 +278,10 @@ def _bench_case(run: _Run, n: int, width: int, height: int) -> list[BenchRecord]
     peer_s = peer_rss = None
     grad_diff: float | None = None
     grad_max_rel: float | None = None
-    if est_gb > run.peer_max_gb:
-        peer_note = (f"torch-tiles fwd+bwd skipped: ~{est_gb:.1f} GB of autograd temporaries > "
-                     f"SPARSE3D_BENCH_PEER_MAX_GB={run.peer_max_gb:g}")
+    gc.collect()
+    skip_reason = peer_memory_verdict(est_gb, available_memory_gb(), run.peer_max_gb)
+    if skip_reason:
+        peer_note = f"torch-tiles fwd+bwd skipped: {skip_reason}"
     else:
         fb_peer = run.time(_forward_backward(rasterize_torch_tiles, scene, weights), keep_result=True)
         peer_s, peer_rss = fb_peer.median_s, fb_peer.peak_rss_mb
@@ -312,8 +367,8 @@ def _bench_projection(run: _Run, n: int, width: int, height: int) -> BenchRecord
 # ------------------------------------------------------------------------------------------------ entry
 def run_splatting_suite(repeats: int = 5, quick: bool = False, device: str = "cpu") -> list[dict]:
     """Run the splatting benchmarks; ``quick`` uses one 128×96 / 2k-Gaussian case and 1 repeat (< 60 s)."""
+    peer_max_gb = _peer_cap_gb()
     dev = prepare_run(repeats, device)
-    peer_max_gb = float(os.environ.get("SPARSE3D_BENCH_PEER_MAX_GB", "6"))
     run = _Run(min(repeats, QUICK_MAX_REPEATS) if quick else repeats, dev, peer_max_gb)
     resolutions = QUICK_RESOLUTIONS if quick else RESOLUTIONS
     counts = QUICK_COUNTS if quick else COUNTS
