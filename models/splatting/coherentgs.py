@@ -246,11 +246,13 @@ def plane_depth(plane: torch.Tensor, centres: torch.Tensor, rays: torch.Tensor) 
 
 
 def photo_consistent(images: torch.Tensor, cameras: Cameras, centres: torch.Tensor, rays: torch.Tensor,
-                     depth: torch.Tensor, tol: float) -> torch.Tensor:
+                     depth: torch.Tensor, tol: float, max_unseen_depth: float | None = None) -> torch.Tensor:
     """(V, H, W) bool: the point at ``depth`` on each pixel's ray (``centres``, ``rays`` as :func:`plane_depth`)
     has, in at least one other view that sees it in front of the camera and inside the image, a 3x3-mean colour
     within ``tol`` (mean absolute difference over channels) of the pixel's own 3x3-mean colour; also True where
-    no other view sees the point (no evidence against it), False where ``depth <= 0``."""
+    no other view sees the point (no evidence against it) and ``depth <= max_unseen_depth`` (None: any depth),
+    False where ``depth <= 0``. The bound keeps rays that graze past a tall object, and meet the plane far behind
+    it where no other view looks, from counting as plane pixels."""
     v_n, h, w, _ = images.shape
     blur = F.avg_pool2d(images.permute(0, 3, 1, 2).float(), 3, stride=1, padding=1, count_include_pad=False)
     world = centres[:, None, None, :].double() + depth[..., None].double() * rays.double()
@@ -270,7 +272,8 @@ def photo_consistent(images: torch.Tensor, cameras: Cameras, centres: torch.Tens
             diff = (sample - blur[v]).abs().mean(0)
             seen[v] |= inside
             agree[v] |= inside & (diff <= tol)
-    return (agree | ~seen) & (depth > 0)
+    unseen_ok = ~seen if max_unseen_depth is None else ~seen & (depth <= max_unseen_depth)
+    return (agree | unseen_ok) & (depth > 0)
 
 
 def _world_rays(K: torch.Tensor, viewmat: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -429,7 +432,10 @@ class CoherentGS:
         self.step = 0
         self.aligned = False
         self.timings = {k: 0.0 for k in TIMING_KEYS}
+        """Seconds summed per part over the main-stage steps (``timed_steps`` of them)."""
         self.timed_steps = 0
+        self.align_seconds = 0.0
+        """Seconds of the alignment-stage steps, kept apart so ``timings / timed_steps`` is per main step."""
         self.info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -544,8 +550,10 @@ class CoherentGS:
             self.info["support_plane"] = None
             return None
         pz = plane_depth(plane, centres, rays)
+        sure_z = values[sure].float().sort().values  # (torch.quantile refuses more than 2^24 values)
+        z_far = float(sure_z[int(0.99 * (sure_z.numel() - 1))]) * (1.0 + cfg["inlier_tol"])
         ok = photo_consistent(views.images.detach().float().cpu(), views.cameras, centres, rays, pz,
-                              float(cfg["photo_tol"]))
+                              float(cfg["photo_tol"]), max_unseen_depth=z_far)
         inlier = sure & ((values - pz).abs() <= cfg["inlier_tol"] * pz)
         on_plane = (inlier | (ok & ~sure)) & (pz > 0)
         self.info["support_plane"] = [float(x) for x in plane]
@@ -640,7 +648,7 @@ class CoherentGS:
         self.align_opt.step()
         self.align_sched.step()
         self.step = step + 1
-        self.timings["losses"] += time.perf_counter() - t0
+        self.align_seconds += time.perf_counter() - t0
         return {"loss": float(loss.detach()), "flow": float(loss.detach()), "stage": 0.0}
 
     def _bake_alignment(self) -> None:
@@ -742,7 +750,8 @@ class CoherentGS:
         self._require()
         per_step = {k: v / self.timed_steps for k, v in self.timings.items()} if self.timed_steps else {}
         return {**self.info, "sh_degree": self.active_sh_degree(self.step), "align_steps": self.align_total,
-                "main_steps_done": self.timed_steps, "seconds_per_main_step": per_step}
+                "main_steps_done": self.timed_steps, "seconds_per_main_step": per_step,
+                "align_seconds": self.align_seconds}
 
     # ------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

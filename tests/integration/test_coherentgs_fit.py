@@ -25,20 +25,24 @@ def test_coherentgs_fit_improves_test_views(tiny_spare_scene: Path, tmp_path: Pa
     cfg = hydra_compose("train", ["experiment=coherentgs_spare", "method.stride=1", "method.align_steps=10"])
     method = method_factory(cfg.method)()  # the shipped configs/method/coherentgs.yaml + the experiment's overrides
     assert isinstance(method, CoherentGS)
-    trainer = SceneTrainer({"device": "cpu", "progress": False, "max_steps": 120, "log_every": 10, "num_threads": 1,
+    trainer = SceneTrainer({"device": "cpu", "progress": False, "max_steps": 300, "log_every": 10, "num_threads": 1,
                             "tensorboard": False}, tmp_path / "run")
     summary = trainer.fit(method, scene)
     start, end = summary["test_initial"], summary["test"]
     # PSNR-M (the SpaRe score, on the object): the per-pixel Gaussians of 3 views cannot cover the floor that the
-    # test views see beyond the input views, so full-frame PSNR is dominated by that and is not asserted.
+    # test views see beyond the input views, so full-frame PSNR is dominated by that and is not asserted. 300 steps:
+    # on this 64x48 scene the gain after 120 steps (0.0-0.7 dB) varied with float rounding between CPUs.
     assert end["psnr_m"] > start["psnr_m"] + 0.7 and end["ssim"] > 0.2, (start, end)
     main = [h for h in trainer.history if h["stage"] == 1.0]
-    assert len(main) == 110 and [h["stage"] for h in trainer.history[:10]] == [0.0] * 10
+    assert len(main) == 290 and [h["stage"] for h in trainer.history[:10]] == [0.0] * 10
     first = sum(h["photo"] for h in main[:10]) / 10
     last = sum(h["photo"] for h in main[-10:]) / 10
     assert last < 0.8 * first, (first, last)
     info = summary["method_info"]
     assert set(info["seconds_per_main_step"]) == {"decoder", "rasterizer", "losses", "update"}
+    # per main step: the 10 alignment steps are timed apart, so the parts add up to at most the main steps' time
+    assert info["main_steps_done"] == 290 and info["align_seconds"] > 0
+    assert sum(info["seconds_per_main_step"].values()) * 290 + info["align_seconds"] <= summary["train_time_s"]
     cloud = load_gaussian_ply(tmp_path / "run" / "point_cloud.ply")
     assert cloud.means.shape == (info["num_gaussians"], 3) and 0 < info["num_gaussians"] <= 3 * 64 * 48
     torch.testing.assert_close(cloud.means, method.to_cloud().means)
@@ -46,7 +50,7 @@ def test_coherentgs_fit_improves_test_views(tiny_spare_scene: Path, tmp_path: Pa
     # a fresh method set up on the same views and given the state renders the same images
     renders = method.render(scene.test.cameras[:2])
     other = method_factory(cfg.method)()
-    other.setup(scene.inputs, 120)
+    other.setup(scene.inputs, 300)
     other.load_state_dict(method.state_dict())
     torch.testing.assert_close(other.render(scene.test.cameras[:2]), renders)
 

@@ -226,6 +226,21 @@ def test_plane_depth_meets_the_plane_and_photo_consistency_finds_it() -> None:
     assert float(photo_consistent(images, cams, centres, rays, z * 0.6, tol=0.05)[interior].float().mean()) < 0.5
 
 
+def test_photo_consistency_counts_unseen_points_only_up_to_the_bound() -> None:
+    """A point no other view sees is consistent (no evidence against it) only at depths <= max_unseen_depth."""
+    cams = _two_cameras()
+    centres, rays = _rays(cams)
+    images = torch.rand(2, cams.height, cams.width, 3, generator=torch.Generator().manual_seed(0))
+    # points 1e4 units along each camera's rays fall outside (or behind) the other camera's image for some pixels
+    far = torch.full((2, cams.height, cams.width), 1e4)
+    unbounded = photo_consistent(images, cams, centres, rays, far, tol=0.0)
+    bounded_out = photo_consistent(images, cams, centres, rays, far, tol=0.0, max_unseen_depth=10.0)
+    bounded_in = photo_consistent(images, cams, centres, rays, far, tol=0.0, max_unseen_depth=2e4)
+    assert bool(unbounded.any())  # some far points are seen by no other view
+    assert torch.equal(bounded_in, unbounded)
+    assert not bool(bounded_out.any())  # tol=0 with random colours: only the unseen rule could make them True
+
+
 # ------------------------------------------------------------------------------------------------ decoder
 def test_positional_encoding_values() -> None:
     enc = positional_encoding(torch.tensor([0.0, 0.5]), 3)
