@@ -39,6 +39,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sparse3d.io.kitti import decimal_float64
+
 DIFFICULTIES = ("easy", "moderate", "hard")
 METRICS = ("bbox", "bev", "3d", "aos")
 OVERLAP_SETS = ("strict", "loose")
@@ -161,7 +163,7 @@ def _clean(gt_names: np.ndarray, gt_height: np.ndarray, occluded: np.ndarray, tr
 
 
 def _heights(objects: LabelObjects) -> np.ndarray:
-    box = np.asarray(objects.bbox, dtype=np.float64).reshape(-1, 4)
+    box = decimal_float64(np.asarray(objects.bbox).reshape(-1, 4))
     return box[:, 3] - box[:, 1]
 
 
@@ -176,7 +178,7 @@ def clean_frame(gt: LabelObjects, dt: LabelObjects, class_name: str, difficulty:
     """
     ignored_gt, ignored_dt = _clean(
         _lower_names(gt), _heights(gt), np.asarray(gt.occluded).reshape(-1),
-        np.asarray(gt.truncated, dtype=np.float64).reshape(-1), _lower_names(dt), np.abs(_heights(dt)),
+        decimal_float64(np.asarray(gt.truncated).reshape(-1)), _lower_names(dt), np.abs(_heights(dt)),
         class_name, difficulty)
     return ignored_gt, ignored_dt, int(np.count_nonzero(ignored_gt == 0))
 
@@ -586,7 +588,7 @@ def kitti_eval(gt: Sequence[LabelObjects], dt: Sequence[LabelObjects],
     gt_height = _concat([_heights(g) for g in gt], np.float64)
     dt_height = np.abs(_concat([_heights(d) for d in dt], np.float64))
     occluded = _concat([g.occluded for g in gt], np.int64)
-    truncated = _concat([g.truncated for g in gt], np.float64)
+    truncated = decimal_float64(_concat([g.truncated for g in gt], np.float32))
     scores = _concat([np.zeros(len(d)) if d.score is None else d.score for d in dt], np.float64)
     alphas = _concat([d.alpha for d in dt], np.float64)
     aos_computed = bool(len(alphas) == 0 or np.any(alphas != AOS_PLACEHOLDER_ALPHA))

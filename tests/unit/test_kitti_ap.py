@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from sparse3d.io.kitti import KittiObjects
+from sparse3d.io.kitti import KittiObjects, read_label
 from sparse3d.metrics.detection import (
     DIFFICULTIES,
     METRICS,
@@ -374,6 +374,21 @@ def test_minimum_heights() -> None:
     res = _eval(gt3, dt3, classes=("Car",))
     assert res.num_gt[0].tolist() == [80, 81, 81]
     np.testing.assert_allclose([res.get("Car", m, d) for m in ("bbox", "3d") for d in DIFFICULTIES], 1.0)
+
+
+def test_bounds_read_from_label_text_as_the_devkit_reads_them(tmp_path: Any) -> None:
+    """Truncation written "0.30" sits on the moderate bound (truncation <= 0.3) and the box from y 103.05 to 128.05
+    just above the moderate height (> 25 px: 25.000000000000014 in doubles). Compared as the decimals of the file,
+    as the devkit does, both objects are moderate; the reader's float32 values widened to float64 would put 0.3
+    above 0.3 and the height at exactly 25.0 (both ignored)."""
+    label = tmp_path / "000000.txt"
+    label.write_text("Car 0.30 0 0.00 100.00 100.00 190.00 160.00 1.50 1.60 3.90 -5.00 1.60 40.00 0.30\n"
+                     "Car 0.00 0 0.00 300.00 103.05 390.00 128.05 1.50 1.60 3.90 10.00 1.60 40.00 0.30\n")
+    gt = read_label(label)
+    assert float(np.float32(0.3)) > 0.3 and float(np.float32(128.05)) - float(np.float32(103.05)) == 25.0
+    ignored, _, valid = clean_frame(gt, _objects([]), "Car", DIFFICULTIES.index("moderate"))
+    assert ignored.tolist() == [0, 0] and valid == 2
+    assert clean_frame(gt, _objects([]), "Car", DIFFICULTIES.index("easy"))[0].tolist() == [1, 1]  # 0.3 > 0.15, < 40 px
 
 
 def test_aos_with_flipped_headings() -> None:
