@@ -1735,6 +1735,19 @@ for _name, _args, _needles in [
     add("cli_bench", f"splatting-methods-{_name}",
         _bench(["splatting_methods", "--quick", *_args, "--json", "{tmp}/b.json"], _needles, "b.json"))
 
+# sparse3d-bench dsvt_quality: every argument is checked before a frame is generated or a model trained.
+for _name, _args, _needles in [
+    ("experiments-unknown", ["suite.runner.experiments=[dsvt_synth,nope]"], ["nope"]),
+    ("experiments-not-a-detector", ["suite.runner.experiments=[gs3d_spare]"], ["gs3d_spare"]),
+    ("experiments-empty", ["suite.runner.experiments=[]"], ["experiments"]),
+    ("sizes-frames-too-few", ["sizes={frames:[1]}"], ["frames"]),
+    ("sizes-steps-two-values", ["sizes={steps:[2,4]}"], ["steps"]),
+    ("overrides-unknown-key", ["suite.runner.overrides={dsvt_synth:['model.nope=1']}"], ["model.nope"]),
+    ("val-fraction-one", ["suite.runner.val_fraction=1.0"], ["val_fraction"]),
+    ("work-dir-not-empty", ["suite.runner.work_dir={tmp}"], ["work_dir"]),
+]:
+    add("cli_bench", f"dsvt-quality-{_name}",
+        _bench(["dsvt_quality", "--quick", *_args, "--json", "{tmp}/b.json"], _needles, "b.json"))
 
 def _eval(args: Callable[[Ctx], list[str]], needles: Sequence[str]) -> Make:
     def make(ctx: Ctx) -> Cli:

@@ -490,3 +490,63 @@ def override_sizes(base: Mapping[str, tuple[int, ...]], sizes: Mapping[str, Any]
             raise ValueError(f"sizes.{family} must be positive ints, got {vals!r}")
         out[family] = tuple(seq)
     return out
+
+
+def check_names(names: Any, kind: str) -> list[str]:
+    """A suite's non-empty list of distinct ``kind`` names (methods, experiments) as strings."""
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise ValueError(f"{kind}s must be a non-empty list of {kind} names, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{kind}s: each {kind} once, got {list(names)}")
+    return [str(n) for n in names]
+
+
+def check_work_dir(work_dir: str | None, why: str) -> None:
+    """A suite's ``work_dir`` must be new or empty (``why``: what mixing with an earlier run would spoil)."""
+    if work_dir is None:
+        return
+    path = Path(str(work_dir)).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"work_dir: {path} exists and is not an empty folder ({why})")
+
+
+def check_run_overrides(overrides: Mapping[str, Any] | None, names: Sequence[str], kind: str
+                        ) -> dict[str, list[str]]:
+    """Per-``kind`` Hydra overrides (``{name: ["key=value", ...]}``, a single string allowed) of the runs
+    ``names``, as lists of strings; a name not run or a value that is not ``key=value`` is a ValueError."""
+    out: dict[str, list[str]] = {}
+    if overrides is None:
+        return out
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"overrides must map a {kind} to a list of overrides, got {overrides!r}")
+    for name, values in overrides.items():
+        if name not in names:
+            raise ValueError(f"overrides.{name}: {name!r} is not one of the {kind}s {list(names)}")
+        seq = [values] if isinstance(values, str) else values
+        if not isinstance(seq, Sequence) or not all(isinstance(v, str) and "=" in v for v in seq):
+            raise ValueError(f"overrides.{name} must be a list of key=value strings, got {values!r}")
+        out[str(name)] = list(seq)
+    return out
+
+
+def compose_train_config(overrides: Sequence[str], what: str) -> Any:
+    """The ``sparse3d-train`` config with ``overrides`` (Hydra syntax), composed inside a running Hydra app
+    (``sparse3d-bench``) or on its own (tests, Python); one that does not compose (unknown key, bad value) is a
+    ValueError starting with ``what``."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sparse3d.config_schema import register
+
+    register()
+    args = list(overrides)
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name="train", overrides=args)
+        with initialize_config_module(version_base="1.3", config_module="sparse3d.configs"):
+            return compose(config_name="train", overrides=args)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ValueError(f"{what}: the config {' '.join(args)} does not compose: "
+                         f"{' '.join(str(exc).split())[:300]}") from None

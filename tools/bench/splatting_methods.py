@@ -48,7 +48,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sparse3d.bench.common import BenchRecord, override_sizes, prepare_run
+from sparse3d.bench.common import (
+    BenchRecord,
+    check_names,
+    check_run_overrides,
+    check_work_dir,
+    compose_train_config,
+    override_sizes,
+    prepare_run,
+)
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SIZES", "QUICK_SIZES", "SUITE", "compose_method", "run_splatting_methods_suite"]
 
@@ -83,27 +91,11 @@ def compose_method(method: str, overrides: Sequence[str] = (), seed: int = 0) ->
 
     Composes inside a running Hydra app (``sparse3d-bench``) or on its own (tests, Python). A config that does not
     compose (unknown key, bad value) is a ValueError naming the method."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from sparse3d.config_schema import register
-
-    register()
     if f"{method}_spare" in _config_names("experiment"):
         args = [f"experiment={method}_spare"]
     else:
         args = ["experiment=gs3d_spare", f"method={method}"]
-    args += [f"seed={int(seed)}", *overrides]
-    try:
-        if GlobalHydra.instance().is_initialized():
-            return compose(config_name="train", overrides=args)
-        with initialize_config_module(version_base="1.3", config_module="sparse3d.configs"):
-            return compose(config_name="train", overrides=args)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ValueError(f"overrides.{method}: the config {' '.join(args)} does not compose: "
-                         f"{' '.join(str(exc).split())[:300]}") from None
+    return compose_train_config([*args, f"seed={int(seed)}", *overrides], f"overrides.{method}")
 
 
 def _one(sizes: Mapping[str, tuple[int, ...]], family: str) -> int:
@@ -116,36 +108,17 @@ def _one(sizes: Mapping[str, tuple[int, ...]], family: str) -> int:
 def _check_args(methods: Sequence[str], overrides: Mapping[str, Any] | None, naming: str, seed: int,
                 work_dir: str | None) -> dict[str, list[str]]:
     """Every argument checked before anything runs; returns the overrides as lists of strings per method."""
-    if isinstance(methods, str) or not isinstance(methods, Sequence) or not methods:
-        raise ValueError(f"methods must be a non-empty list of method names, got {methods!r}")
+    names = check_names(methods, "method")
     known = [m for m in _config_names("method") if m != "sparseflex_fit"]
-    unknown = [m for m in methods if m not in known]
+    unknown = [m for m in names if m not in known]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; available: {', '.join(known)}")
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"methods: each method once, got {list(methods)}")
     if naming not in NAMINGS:
         raise ValueError(f"naming must be one of {', '.join(NAMINGS)}, got {naming!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
-    if work_dir is not None:
-        path = Path(str(work_dir)).expanduser()
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise ValueError(f"work_dir: {path} exists and is not an empty folder (a fresh one keeps the timings "
-                             "honest: the loop would resume from checkpoints there)")
-    out: dict[str, list[str]] = {}
-    if overrides is None:
-        return out
-    if not isinstance(overrides, Mapping):
-        raise ValueError(f"overrides must map a method to a list of overrides, got {overrides!r}")
-    for method, values in overrides.items():
-        if method not in methods:
-            raise ValueError(f"overrides.{method}: {method!r} is not one of the methods {list(methods)}")
-        seq = [values] if isinstance(values, str) else values
-        if not isinstance(seq, Sequence) or not all(isinstance(v, str) and "=" in v for v in seq):
-            raise ValueError(f"overrides.{method} must be a list of key=value strings, got {values!r}")
-        out[str(method)] = list(seq)
-    return out
+    check_work_dir(work_dir, "a fresh one keeps the timings honest: the loop would resume from checkpoints there")
+    return check_run_overrides(overrides, names, "method")
 
 
 # --------------------------------------------------------------------------------------------------- runs
